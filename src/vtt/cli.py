@@ -1,0 +1,38 @@
+"""The `vtt` command: one subcommand per step, each living in the module that owns it.
+
+    vtt demo | vtt run --config jobs/tiny-llava.yaml --gpus 1 | vtt <command> --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their command runs, so `vtt --help`
+# stays fast; each has add_arguments(parser) and run(args, extra) -> exit code.
+COMMANDS = {
+    "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
+    "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="vtt", description="Fine-tune video-language models on GPU clusters.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(module=module)
+        if argv[:1] == [name]:
+            importlib.import_module(module).add_arguments(sub)
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return importlib.import_module(args.module).run(args, extra) or 0
+    except ValueError as err:  # bad input: one clear line, no traceback
+        print(f"vtt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Fine-tune a LLaVA-style model on questions about frames sampled from videos (TRL SFTTrainer).
+
+    deepspeed --num_gpus 4 --module vtt.trainers.llava --config jobs/llava.yaml [--name value ...]
+
+Each sample is the seed's conversation: the user turn holds the question and one image per sampled
+frame, the assistant turn holds the answer; the loss covers the answer only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vtt.config import parse_run_config
+from vtt.data import llava_dataset
+from vtt.trainers.hub import push_if_asked
+
+
+def fix_processor(processor, model_config) -> list[str]:
+    """Fill the processor settings many hub LLaVA processors lack from the model config; return their names.
+
+    Without them LlavaProcessor cannot count the image tokens per frame and the model raises
+    "Image features and image tokens do not match".
+    """
+    vision = getattr(model_config, "vision_config", None)
+    wanted = {
+        "patch_size": getattr(vision, "patch_size", None),
+        "vision_feature_select_strategy": getattr(model_config, "vision_feature_select_strategy", None),
+        # CLIP towers add a CLS token; SigLIP has none. "default" drops it again.
+        "num_additional_image_tokens": 0 if getattr(vision, "model_type", "") == "siglip_vision_model" else 1,
+    }
+    filled = []
+    for name, value in wanted.items():
+        if hasattr(processor, name) and getattr(processor, name) is None and value is not None:
+            setattr(processor, name, value)
+            filled.append(name)
+    return filled
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trl import SFTTrainer
+
+    run, video, training = parse_run_config(sys.argv[1:] if argv is None else argv)
+    processor = AutoProcessor.from_pretrained(run.model_name_or_path)
+    model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
+    fix_processor(processor, model.config)
+    train = llava_dataset(run.dataset, video.num_frames)
+    evaluation = llava_dataset(run.eval_dataset, video.num_frames) if run.eval_dataset else None
+    trainer = SFTTrainer(
+        model=model, args=training, train_dataset=train, eval_dataset=evaluation, processing_class=processor
+    )
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training.output_dir)
+    push_if_asked(trainer, training, run.hub_model_id_suffix)
+
+
+if __name__ == "__main__":
+    main()

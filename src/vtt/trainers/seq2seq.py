@@ -1,0 +1,98 @@
+"""Fine-tune a seq2seq model (NLLB by default) on question + video metadata -> caption.
+
+    deepspeed --num_gpus 4 --module vtt.trainers.seq2seq --config jobs/seq2seq.yaml [--name value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+from vtt.config import parse_run_config
+from vtt.data import seq2seq_dataset
+from vtt.trainers.hub import push_if_asked
+
+
+def token_sum_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy summed over the batch's target tokens, divided by the tokens of the whole step.
+
+    M2M100 averages its loss per process, while the Trainer (average_tokens_across_devices) scales the
+    loss by the process count as if it were divided by the global token count: under 2 processes the
+    loss and gradient came out doubled. Dividing the sum by the global count here makes N processes
+    give exactly the 1-process loss and gradient.
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    total = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return total / count
+
+
+def with_decoder_inputs(collator, config):
+    """Add decoder_input_ids (labels shifted right) to each batch.
+
+    The Trainer hands labels to token_sum_loss instead of the model, so the model cannot derive its
+    decoder inputs from them; M2M100 has no prepare_decoder_input_ids_from_labels for the collator.
+    """
+
+    def collate(features):
+        batch = collator(features)
+        labels = batch["labels"]
+        shifted = labels.new_full(labels.shape, config.pad_token_id)
+        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
+        shifted[:, 0] = config.decoder_start_token_id
+        batch["decoder_input_ids"] = shifted
+        return batch
+
+    return collate
+
+
+def set_languages(tokenizer, model, src_lang: str, tgt_lang: str) -> None:
+    """NLLB language codes: the source prefix, the target prefix, and generation's first token."""
+    for code in (src_lang, tgt_lang):
+        if tokenizer.convert_tokens_to_ids(code) == tokenizer.unk_token_id:
+            raise ValueError(f"language code {code!r} is not in the tokenizer of {tokenizer.name_or_path}")
+    tokenizer.src_lang, tokenizer.tgt_lang = src_lang, tgt_lang
+    model.generation_config.forced_bos_token_id = tokenizer.convert_tokens_to_ids(tgt_lang)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run, text, training = parse_run_config(sys.argv[1:] if argv is None else argv)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
+    set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
+
+    def tokenize(batch):
+        return tokenizer(
+            batch["source"],
+            text_target=batch["target"],
+            max_length=text.max_source_length,
+            truncation=True,
+        )
+
+    def prepare(path):
+        data = seq2seq_dataset(path)
+        return data.map(tokenize, batched=True, remove_columns=data.column_names)
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training,
+        train_dataset=prepare(run.dataset),
+        eval_dataset=prepare(run.eval_dataset) if run.eval_dataset else None,
+        data_collator=with_decoder_inputs(DataCollatorForSeq2Seq(tokenizer, model=model), model.config),
+        processing_class=tokenizer,
+        compute_loss_func=token_sum_loss,
+    )
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        model.generation_config.save_pretrained(training.output_dir)
+    push_if_asked(trainer, training, run.hub_model_id_suffix)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random models and synthetic videos, built once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny LLaVA, tiny NLLB and 8 synthetic clips with their manifest (as `vtt demo` builds them)."""
+    from vtt.demo import build_inputs
+
+    return build_inputs(tmp_path_factory.mktemp("demo"))
+
+
+def train(config: str, gpus: int, overrides: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`vtt run` as a user types it; fails the test with the output when the launch fails."""
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", config, "--gpus", str(gpus), *overrides]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
