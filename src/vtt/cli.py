@@ -1,6 +1,6 @@
 """The `vtt` command: one subcommand per step, each living in the module that owns it.
 
-    vtt demo | vtt run --config jobs/tiny-llava.yaml --gpus 1 | vtt <command> --help
+vtt demo | vtt run --config jobs/tiny-llava.yaml --gpus 1 | vtt <command> --help
 """
 
 from __future__ import annotations

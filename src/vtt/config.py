@@ -154,5 +154,5 @@ def parse_run_config(argv: list[str], world: int | None = None, use_cpu: bool | 
             )
         if steps != training.gradient_accumulation_steps:
             # Parse again so TrainingArguments (and the DeepSpeed "auto" values it fills) see the derived value.
-            run, task, training = parser.parse_args_and_config(argv + ["--gradient_accumulation_steps", str(steps)])
+            run, task, training = parser.parse_args_and_config([*argv, "--gradient_accumulation_steps", str(steps)])
     return run, task, training

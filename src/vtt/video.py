@@ -1,10 +1,11 @@
 """Frames from videos: uniform sampling with OpenCV.
 
-    frames = sample_frames("clip.mp4", num_frames=5)   # list of RGB PIL images
+frames = sample_frames("clip.mp4", num_frames=5)   # list of RGB PIL images
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,7 @@ def uniform_indices(frame_count: int, num_frames: int) -> list[int]:
     if frame_count < 1:
         raise ValueError(f"frame_count must be at least 1, got {frame_count}")
     spans = np.linspace(0, frame_count, num_frames + 1)
-    return sorted({min(int((a + b) / 2), frame_count - 1) for a, b in zip(spans[:-1], spans[1:], strict=True)})
+    return sorted({min(int((a + b) / 2), frame_count - 1) for a, b in itertools.pairwise(spans)})
 
 
 def sample_frames(path: str | Path, num_frames: int = 5) -> list[Image.Image]:

@@ -24,15 +24,17 @@ def fix_processor(processor, model_config) -> list[str]:
     "Image features and image tokens do not match".
     """
     vision = getattr(model_config, "vision_config", None)
+    if not hasattr(processor, "patch_size") or processor.patch_size is not None:
+        return []  # a processor that knows its patch size was configured as a whole
     wanted = {
         "patch_size": getattr(vision, "patch_size", None),
         "vision_feature_select_strategy": getattr(model_config, "vision_feature_select_strategy", None),
-        # CLIP towers add a CLS token; SigLIP has none. "default" drops it again.
+        # CLIP towers add a CLS token; SigLIP has none. (Its default, 0, cannot tell "unset" apart.)
         "num_additional_image_tokens": 0 if getattr(vision, "model_type", "") == "siglip_vision_model" else 1,
     }
     filled = []
     for name, value in wanted.items():
-        if hasattr(processor, name) and getattr(processor, name) is None and value is not None:
+        if value is not None and getattr(processor, name, None) != value:
             setattr(processor, name, value)
             filled.append(name)
     return filled

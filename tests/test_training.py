@@ -1,0 +1,74 @@
+"""Real training of both tiny models through the deepspeed launcher (gloo on CPU), 1 and 2 processes.
+
+Each trainer runs twice on the same data and seed: 1 process x batch 4, and 2 processes x batch 2.
+The optimizer steps see the same samples, so the losses must agree, and they must fall.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import logged_losses, train
+from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM, AutoProcessor, AutoTokenizer
+
+from vtt.video import sample_frames
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def runs(request, demo_inputs, tmp_path_factory):
+    """The trainer's run folders after 1x4 and 2x2 trainings of 6 steps."""
+    trainer = request.param
+    out = tmp_path_factory.mktemp(trainer)
+    common = ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
+    common += ["--max_steps", "6", "--global_batch_size", "4"]
+    folders = {}
+    for gpus, micro in ((1, 4), (2, 2)):
+        folder = out / f"{gpus}x{micro}"
+        overrides = [*common, "--per_device_train_batch_size", str(micro), "--output_dir", str(folder)]
+        train(CONFIGS[trainer], gpus, overrides)
+        folders[gpus] = folder
+    return trainer, folders, demo_inputs
+
+
+def test_loss_falls(runs):
+    _, folders, _ = runs
+    for folder in folders.values():
+        losses = logged_losses(folder)
+        assert len(losses) == 6
+        assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_two_processes_match_one_process(runs):
+    # M2M100 once reported (and back-propagated) twice the 1-process loss under 2 processes.
+    _, folders, _ = runs
+    assert logged_losses(folders[2]) == pytest.approx(logged_losses(folders[1]), rel=1e-4)
+
+
+def test_saved_model_reloads_and_generates(runs):
+    trainer, folders, inputs = runs
+    folder = folders[2]
+    if trainer == "llava":
+        processor = AutoProcessor.from_pretrained(folder)
+        model = AutoModelForImageTextToText.from_pretrained(folder)
+        # The trainer's processor fix is saved with the model: no setting left for the user to patch.
+        assert processor.patch_size == model.config.vision_config.patch_size
+        frames = sample_frames(next((inputs["manifest"].parent).glob("*.mp4")), 4)
+        messages = [{"role": "user", "content": [{"type": "text", "text": "what"}] + [{"type": "image"}] * 4}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        batch = processor(text=[prompt], images=[frames], return_tensors="pt")
+        start = batch["input_ids"].shape[1]
+    else:
+        processor = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+        assert model.generation_config.forced_bos_token_id == processor.convert_tokens_to_ids("eng_Latn")
+        batch = processor(["what colour is the shape"], return_tensors="pt")
+        start = 0
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert generated.shape[1] > start
+    text = processor.batch_decode(generated[:, start:], skip_special_tokens=True)[0]
+    assert isinstance(text, str)
