@@ -12,10 +12,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vtt.config import trainer_of
 from vtt.paths import shipped
+from vtt.throughput import LAUNCH_TIME_ENV
 
 
 def free_port() -> int:
@@ -46,7 +48,7 @@ def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], maste
 def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path | None = None) -> int:
     """Run the job here; stream its output (and tee it into `log` when given). Returns the exit code."""
     command = deepspeed_command(config, gpus, overrides)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{LAUNCH_TIME_ENV: str(time.time())})
     if log is None:
         return subprocess.run(command, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)

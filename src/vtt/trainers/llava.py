@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt.config import parse_run_config
 from vtt.data import llava_dataset
+from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
 
@@ -50,7 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     train = llava_dataset(run.dataset, video.num_frames)
     evaluation = llava_dataset(run.eval_dataset, video.num_frames) if run.eval_dataset else None
     trainer = SFTTrainer(
-        model=model, args=training, train_dataset=train, eval_dataset=evaluation, processing_class=processor
+        model=model,
+        args=training,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        callbacks=[ThroughputCallback()],
     )
     trainer.train()
     trainer.save_model()

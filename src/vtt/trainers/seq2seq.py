@@ -12,6 +12,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
+from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         data_collator=with_decoder_inputs(DataCollatorForSeq2Seq(tokenizer, model=model), model.config),
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
+        callbacks=[ThroughputCallback()],
     )
     trainer.train()
     trainer.save_model()
