@@ -1,0 +1,228 @@
+"""GPU benchmark: vtt's trainers against the seed approach, side by side on the same card.
+
+    python bench/train_throughput.py --arch llava-0.5b --steps 25 --seed-script .gpu/seed_baseline.py \
+        --variant "vtt=--per_device_train_batch_size 8" --variant "gc=--activation_checkpointing true"
+
+Builds the architecture from its config with random weights (vtt.tiny), writes synthetic 384 px videos
+and a manifest whose questions and answers are as long as the seed baseline's (12 and 40 words), then
+runs, in this one invocation:
+  - the seed approach (../shared/bench/seed_baseline.py, copied beside this file for GPU runs);
+  - each vtt variant: `vtt run --config jobs/<trainer>.yaml` with the variant's overrides, through
+    vtt's own launcher, data path and trainer, reading the trainer's throughput.json.
+Prints one RESULT json line per run and a table; MFU uses the seed's FLOP count (6·N·tokens plus
+attention, for the language model and the vision tower, over 989 TFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_FLOPS = 989e12  # H100 SXM bf16 dense
+SEED_QUESTION_WORDS, SEED_ANSWER_WORDS = 12, 40
+
+
+def lm_flops_per_token(c, seq: int) -> float:
+    n = c.num_hidden_layers * (4 * c.hidden_size**2 + 3 * c.hidden_size * c.intermediate_size)
+    n += c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq
+
+
+def vit_flops_per_patch(c, patches: int) -> float:
+    n = c.num_hidden_layers * (4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size)
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * patches
+
+
+def llava_flops_per_sample(config, seq: int, frames: int) -> float:
+    patches_per_frame = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    return lm_flops_per_token(config.text_config, seq) * seq + vit_flops_per_patch(
+        config.vision_config, patches_per_frame
+    ) * (patches_per_frame * frames)
+
+
+def seq2seq_flops_per_token(c) -> float:
+    # encoder + decoder layers (decoder has cross-attention: 4 more d^2 projections), output head
+    d, f = c.d_model, c.encoder_ffn_dim
+    n = c.encoder_layers * (4 * d * d + 2 * d * f) + c.decoder_layers * (8 * d * d + 2 * d * f) + c.vocab_size * d
+    return 6 * n
+
+
+def write_data(work: Path, samples: int, clips: int, size: int, trainer: str) -> Path:
+    """Synthetic clips and a manifest with seed-length questions and answers."""
+    from vtt.synthetic import COLOURS, DIRECTIONS, VOCABULARY, write_video
+
+    rng = np.random.default_rng(0)
+    videos = work / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(clips):
+        name = f"clip{i:03d}.mp4"
+        if not (videos / name).exists():
+            write_video(videos / name, list(COLOURS)[i % 4], list(DIRECTIONS)[i % 4], frames=24, size=(size, size))
+        names.append(name)
+    lines = []
+    for i in range(samples):
+        question = " ".join(rng.choice(VOCABULARY, SEED_QUESTION_WORDS))
+        answer = " ".join(rng.choice(VOCABULARY, SEED_ANSWER_WORDS))
+        row = {"id": str(i), "video": names[i % clips], "question": question, "answer": answer}
+        if trainer == "seq2seq":
+            row.update(title=" ".join(rng.choice(VOCABULARY, 4)), tags=["video", "clip"])
+        lines.append(json.dumps(row))
+    manifest = videos / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[int, str, float]:
+    start = time.time()
+    with log.open("w") as sink:
+        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    return code, log.read_text(), time.time() - start
+
+
+def run_seed(args, work: Path) -> dict:
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.gpus)]
+    command += ["--master_port", "29611", args.seed_script, *shlex.split(args.seed_args)]
+    code, text, wall = run_logged(command, work / "seed.log")
+    found = re.findall(r"^RESULT (.*)$", text, re.M)
+    if code or not found:
+        return {"name": "seed", "error": f"exit {code}", "tail": text[-1500:]}
+    result = json.loads(found[-1])
+    result.update(name="seed", args=args.seed_args, wall_s=round(wall, 1))
+    return result
+
+
+def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: Path, per_sample) -> dict:
+    out = work / f"run-{name}"
+    command = [
+        sys.executable,
+        "-m",
+        "vtt.cli",
+        "run",
+        "--config",
+        f"jobs/{args.trainer}.yaml",
+        "--gpus",
+        str(args.gpus),
+    ]
+    command += ["--model_name_or_path", str(model), "--dataset", str(manifest), "--output_dir", str(out)]
+    command += ["--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "5", "--report_to", "none"]
+    command += ["--disable_tqdm", "true", "--push_to_hub", "false"]
+    overrides_list = shlex.split(overrides)
+    if "--global_batch_size" not in overrides_list:
+        micro = int(overrides_list[overrides_list.index("--per_device_train_batch_size") + 1])
+        overrides_list += ["--global_batch_size", str(micro * args.gpus)]
+    code, text, wall = run_logged([*command, *overrides_list], work / f"{name}.log")
+    summary_file = out / "throughput.json"
+    if code or not summary_file.exists():
+        return {"name": name, "error": f"exit {code}", "tail": text[-2500:]}
+    result = json.loads(summary_file.read_text())
+    tokens = result.get("tokens_per_second_per_gpu", 0.0)
+    flops_per_token = per_sample(result)
+    result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--arch", default="llava-0.5b", choices=["llava-tiny", "llava-0.5b", "llava-7b", "nllb-tiny", "nllb-600m"]
+    )
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vtt-bench"))
+    parser.add_argument("--seed-script", help="path to seed_baseline.py (or seed_seq2seq.py); omitted: no baseline")
+    parser.add_argument("--seed-args", default="--size 0.5b --batch 8 --workers 12 --gc --steps 25")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=overrides for `vtt run`")
+    parser.add_argument("--out", type=Path, help="append RESULT lines to this file")
+    args = parser.parse_args()
+    args.trainer = "seq2seq" if args.arch.startswith("nllb") else "llava"
+
+    import torch
+    from transformers import AutoConfig
+
+    from vtt.tiny import build_llava, build_nllb
+
+    work = args.work / args.arch
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model"
+    t0 = time.time()
+    if not (model / "config.json").exists():
+        if args.trainer == "llava":
+            size = args.arch.split("-")[1]
+            build_llava(model, size, "tiny" if size == "tiny" else "so400m", dtype=torch.bfloat16)
+        else:
+            build_nllb(model, args.arch.split("-")[1], dtype=torch.bfloat16)
+    config = AutoConfig.from_pretrained(model)
+    samples = args.steps * args.gpus * 64
+    manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
+    print(f"model and data ready in {time.time() - t0:.0f}s: {model}", flush=True)
+
+    def flops_per_token(result: dict) -> float:
+        # tokens/s counts every position of the padded batch; seq is what one sample occupies
+        if args.trainer == "seq2seq":
+            return seq2seq_flops_per_token(config)
+        seq = result.get("sequence_length") or args.seq
+        return llava_flops_per_sample(config, seq, args.frames) / seq
+
+    args.seq = sequence_length(model, manifest, args.frames) if args.trainer == "llava" else 0
+    results = []
+    if args.seed_script:
+        results.append(run_seed(args, work))
+        print("RESULT " + json.dumps(results[-1]), flush=True)
+    for variant in args.variant:
+        name, _, overrides = variant.partition("=")
+        results.append(run_vtt(args, work, name, overrides, model, manifest, flops_per_token))
+        print("RESULT " + json.dumps(results[-1]), flush=True)
+    if args.out:
+        with args.out.open("a") as sink:
+            for result in results:
+                sink.write(json.dumps({"arch": args.arch, "gpu": gpu_name(), **result}) + "\n")
+    print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
+    print(f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}")
+    for r in results:
+        tokens = r.get("tokens_per_s_per_gpu", r.get("tokens_per_second_per_gpu", 0))
+        wait = r.get("data_wait_share")
+        peak = r.get("peak_mem_gb") or r.get("peak_memory_gb") or 0
+        print(
+            f"{r['name']:14s} {tokens:12,.0f} {r.get('mfu', 0):7.1%} {peak:8.1f}"
+            f" {'' if wait is None else f'{wait:.1%}':>9s} {r.get('first_step_s', r.get('setup_s', '')):>10}"
+            + (f"  ERROR {r['error']}" if "error" in r else "")
+        )
+
+
+def sequence_length(model: Path, manifest: Path, frames: int) -> int:
+    """Tokens of one sample as the llava trainer's collator builds it (prompt + image tokens + answer)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from vtt.data import llava_example, read_manifest
+    from vtt.trainers.llava import fix_processor
+    from vtt.video import sample_frames
+
+    processor = AutoProcessor.from_pretrained(model)
+    fix_processor(processor, AutoConfig.from_pretrained(model))
+    sample = read_manifest(manifest)[0]
+    example = llava_example(sample, sample_frames(sample.video, frames))
+    text = processor.apply_chat_template(example["prompt"] + example["completion"])
+    return int(processor(text=[text], images=[example["images"]], return_tensors="pt")["input_ids"].shape[1])
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
