@@ -164,7 +164,7 @@ def main() -> None:
         else:
             build_nllb(model, args.arch.split("-")[1], dtype=torch.bfloat16)
     config = AutoConfig.from_pretrained(model)
-    samples = args.steps * args.gpus * 64
+    samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
     manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
     print(f"model and data ready in {time.time() - t0:.0f}s: {model}", flush=True)
 
