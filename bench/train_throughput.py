@@ -90,9 +90,11 @@ def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[
     return code, log.read_text(), time.time() - start
 
 
-def run_seed(args, work: Path) -> dict:
+def run_seed(args, work: Path, model: Path, manifest: Path) -> dict:
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.gpus)]
     command += ["--master_port", "29611", args.seed_script, *shlex.split(args.seed_args)]
+    if args.trainer == "seq2seq":  # the seq2seq seed script trains on this run's model and data
+        command += ["--model", str(model), "--manifest", str(manifest)]
     code, text, wall = run_logged(command, work / "seed.log")
     found = re.findall(r"^RESULT (.*)$", text, re.M)
     if code or not found:
@@ -178,7 +180,7 @@ def main() -> None:
     args.seq = sequence_length(model, manifest, args.frames) if args.trainer == "llava" else 0
     results = []
     if args.seed_script:
-        results.append(run_seed(args, work))
+        results.append(run_seed(args, work, model, manifest))
         print("RESULT " + json.dumps(results[-1]), flush=True)
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
