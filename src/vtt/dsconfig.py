@@ -72,7 +72,9 @@ class Problem:
     value: Any  # what the DeepSpeed file (or run config) says
     expected: Any  # what the training arguments and world size make of it
     fix: str
-    source: str  # which step of the runtime raises it: vtt, accelerate, transformers, deepspeed (or a vtt warning)
+    # Which step raises it, in the runtime's order: vtt (run config), training_arguments (accelerate's
+    # DeepSpeedPlugin), transformers (trainer_config_finalize), accelerate (_prepare_deepspeed), deepspeed.
+    source: str
     detail: str = ""
     file: str = ""  # where the key is written, when not the DeepSpeed file (the run config's global_batch_size)
 
@@ -337,7 +339,7 @@ def _runtime_problems(
             DeepSpeedPlugin(hf_ds_config=recorder)  # ditto, right after
         except ValueError as err:
             errors.append(
-                Problem("zero_optimization", None, None, 'add a "zero_optimization" block', "accelerate", str(err))
+                Problem("zero_optimization", None, None, 'add a "zero_optimization" block', "training_arguments", str(err))
             )
             return errors, warnings, recorder.config
         # Trainer.train() -> deepspeed_init -> trainer_config_finalize; the model is only asked for its config.
@@ -399,7 +401,7 @@ def _runtime_problems(
 
 def _deepspeed_problem(err: Exception, written: dict, config: dict, args: Any, world: int) -> Problem:
     text = " ".join(str(err).split())
-    if "train_batch_size is not equal" in text or "has to be greater than 0" in text or "is not defined" in text:
+    if "batch" in text or "gradient_accumulation_steps" in text or "Gradient accumulation" in text:
         missing = [k for k in BATCH_KEYS if k not in written]
         fix = "add " + ", ".join(f'"{k}": "auto"' for k in missing) if missing else 'set the three batch keys to "auto"'
         return Problem(
