@@ -195,8 +195,9 @@ def test_shipped_run_config_checks_at_gpu_count(job, gpus):
         return
     filled = report.config
     assert filled["train_batch_size"] == config["global_batch_size"]
-    assert filled["train_micro_batch_size_per_gpu"] * filled["gradient_accumulation_steps"] * gpus == (
-        config["global_batch_size"]
+    assert (
+        filled["train_micro_batch_size_per_gpu"] * filled["gradient_accumulation_steps"] * gpus
+        == (config["global_batch_size"])
     )
 
 
@@ -273,3 +274,76 @@ def test_gpu_count_does_not_depend_on_use_cpu():
     report = check_run(ROOT / "jobs" / "llava.yaml", 4, nodes=2)
     assert report.world == 8
     assert report.config["gradient_accumulation_steps"] == 4  # 32 / (1 x 8)
+
+
+def llava_run_config(tmp_path: Path, size: str) -> Path:
+    """jobs/llava.yaml pointed at a local config of llava-interleave-qwen-{size}'s architecture (no weights)."""
+    import yaml
+    from transformers import LlavaConfig, Qwen2Config, SiglipVisionConfig
+
+    text = {
+        "0.5b": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                     num_key_value_heads=16, vocab_size=151936, tie_word_embeddings=True),
+        "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32, vocab_size=152064, tie_word_embeddings=False),
+    }[size]  # fmt: skip
+    vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
+                                image_size=384, patch_size=14)  # fmt: skip
+    folder = tmp_path / f"llava-{size}"
+    LlavaConfig(vision_config=vision, text_config=Qwen2Config(**text), vision_feature_layer=-1).save_pretrained(folder)
+    config = yaml.safe_load((ROOT / "jobs" / "llava.yaml").read_text())
+    config["model_name_or_path"] = str(folder)
+    config["deepspeed"] = str(ROOT / "deepspeed" / "zero3.json")
+    path = tmp_path / f"llava-{size}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(("size", "low", "high"), [("0.5b", 0.8e9, 1.0e9), ("7b", 7.5e9, 8.5e9)])
+def test_memory_estimate_counts_real_architecture_without_weights(tmp_path, size, low, high):
+    report = check_run(llava_run_config(tmp_path, size), 8)
+    memory = report.memory
+    assert memory.skipped is None and low < memory.params < high  # published sizes: 0.9B and 8B
+    assert not list((tmp_path / f"llava-{size}").glob("*.safetensors"))  # nothing but the config
+    # bf16 + Adam under ZeRO-3 on 8 GPUs: (2 + 2 + 12) bytes a parameter, partitioned 8 ways.
+    assert memory.total_gb == pytest.approx(16 * memory.params / 8 / 1e9)
+
+
+def test_memory_error_when_model_states_cannot_fit_and_warning_within_ten_percent(tmp_path):
+    job = llava_run_config(tmp_path, "7b")
+    one_gpu = check_run(job, 1, gpu_memory_gb=80)
+    assert [p.key for p in one_gpu.errors] == ["zero_optimization.stage"]
+    assert "GB per GPU, the GPU has 80 GB" in one_gpu.errors[0].detail
+    eight = check_run(job, 8, gpu_memory_gb=80)
+    assert eight.ok and not eight.warnings
+    tight = check_run(job, 8, gpu_memory_gb=eight.memory.total_gb / 0.95)
+    assert tight.ok and [p.key for p in tight.warnings] == ["zero_optimization.stage"]
+    offload = tmp_path / "offload.json"
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero3.json")
+    ds["zero_optimization"].update(offload_optimizer={"device": "cpu"}, offload_param={"device": "cpu"})
+    offload.write_text(json.dumps(ds))
+    assert check_run(job, 1, deepspeed=offload, gpu_memory_gb=80).memory.total_gb == 0
+    assert "memory:" in one_gpu.lines()[-2] and "per GPU of 80 GB" in one_gpu.lines()[-2]
+
+
+def test_memory_of_uncached_hub_model_is_skipped_with_reason():
+    report = check_run(ROOT / "jobs" / "seq2seq.yaml", 4, overrides=["--model_name_or_path", "vtt-tests/not-cached"])
+    assert report.ok and "no local config for vtt-tests/not-cached" in report.memory.skipped
+
+
+@pytest.mark.slow
+def test_runtime_fails_where_check_names_the_key(demo_inputs, tmp_path):
+    """The real thing: 2 processes under the deepspeed launcher stop where `vtt check` said they would."""
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+    ds["gradient_accumulation_steps"] = 2  # right for 1 GPU (global batch 4, micro batch 2), wrong for 2
+    path = tmp_path / "ga-for-one-gpu.json"
+    path.write_text(json.dumps(ds))
+    overrides = ["--model_name_or_path", str(demo_inputs["seq2seq"]), "--dataset", str(demo_inputs["manifest"]),
+                 "--deepspeed", str(path), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]  # fmt: skip
+    assert check_run("jobs/tiny-seq2seq.yaml", 1, overrides=overrides).ok
+    report = check_run("jobs/tiny-seq2seq.yaml", 2, overrides=overrides)
+    assert [(p.key, p.value, p.expected) for p in report.errors] == [("gradient_accumulation_steps", 2, 1)]
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", "jobs/tiny-seq2seq.yaml", "--gpus", "2", *overrides]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ds gradient_accumulation_steps=2 vs hf gradient_accumulation_steps=1" in done.stdout + done.stderr

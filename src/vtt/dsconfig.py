@@ -339,7 +339,9 @@ def _runtime_problems(
             DeepSpeedPlugin(hf_ds_config=recorder)  # ditto, right after
         except ValueError as err:
             errors.append(
-                Problem("zero_optimization", None, None, 'add a "zero_optimization" block', "training_arguments", str(err))
+                Problem(
+                    "zero_optimization", None, None, 'add a "zero_optimization" block', "training_arguments", str(err)
+                )
             )
             return errors, warnings, recorder.config
         # Trainer.train() -> deepspeed_init -> trainer_config_finalize; the model is only asked for its config.
@@ -507,7 +509,8 @@ def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, 
 def estimate_memory(params: int, written: dict, args: Any, world: int) -> MemoryEstimate:
     """ZeRO paper (Rajbhandari et al. 2020), mixed precision with Adam: 2Ψ params + 2Ψ grads + 12Ψ
     optimizer (fp32 master, momentum, variance); in fp32 4Ψ + 4Ψ + 8Ψ. Stage 1 partitions the
-    optimizer states, 2 the grads too, 3 the params too; what is offloaded leaves the GPU."""
+    optimizer states, 2 the grads too, 3 the params too; what is offloaded leaves the GPU (as in
+    DeepSpeed's estimate_zero*_model_states_mem_needs, less their working buffers)."""
     zero = written.get("zero_optimization") or {}
     stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
     off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
@@ -517,8 +520,8 @@ def estimate_memory(params: int, written: dict, args: Any, world: int) -> Memory
     params_b = p_bytes * params / (world if stage >= 3 else 1)
     grads_b = g_bytes * params / (world if stage >= 2 else 1)
     optim_b = o_bytes * params / (world if stage >= 1 else 1)
-    if off_opt != "none" and stage >= 1:
-        optim_b = 0.0
+    if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
+        optim_b = grads_b = 0.0
     if off_par != "none" and stage >= 3:
         params_b = 0.0
     return MemoryEstimate(
