@@ -494,9 +494,11 @@ def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, 
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception as err:  # OSError for a hub id not cached, ValueError for an unknown model type
+    except OSError:  # a hub id that is not in the local cache: the check never downloads
+        return None, None, f"no local config for {name}: not a folder, not in the Hugging Face cache"
+    except Exception as err:  # e.g. ValueError for a model type this transformers does not know
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return None, None, f"no local config for {name} (offline: {first[:160]})"
+        return None, None, f"no usable config for {name}: {first[:160]}"
     import torch
     from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
 
