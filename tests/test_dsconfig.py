@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
 from vtt.cli import main as vtt
 from vtt.dsconfig import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
 
+ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["vtt", "training_arguments", "transformers", "accelerate", "deepspeed"]
 SHIPPED_DS = sorted((ROOT / "deepspeed").glob("*.json"))
 SHIPPED_JOBS = sorted((ROOT / "jobs").glob("*.yaml"))

@@ -606,13 +606,8 @@ def check_run(
     return report
 
 
-_CONFIGS: dict[str, tuple[int | None, Any, str | None]] = {}
-
-
 def _sized(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:
-    if name not in _CONFIGS:
-        _CONFIGS[name] = _model_parameters(name, trainer)
-    return _CONFIGS[name]
+    return _model_parameters(name, trainer)
 
 
 def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
