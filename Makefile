@@ -11,8 +11,9 @@ GPUS    ?= 1
 NODES   ?= 1
 CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
+DS      ?=
 
-.PHONY: help setup demo test lint format local clean
+.PHONY: help setup demo test lint format local check clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +32,9 @@ demo: setup ## train both tiny models here on synthetic videos and print their l
 
 local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make local TRAINER=llava GPUS=1
 	$(VTT) run --config $(CONFIG) --gpus $(GPUS) $(ARGS)
+
+check: setup ## check the DeepSpeed file of jobs/$(TRAINER).yaml for GPUS x NODES: make check TRAINER=llava GPUS=4 [DS=...]
+	$(VTT) check --config $(CONFIG) --gpus $(GPUS) --nodes $(NODES) $(if $(DS),--deepspeed $(DS)) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -1,0 +1,682 @@
+"""Pre-flight check of a DeepSpeed file against the training arguments and the GPUs a job gets (`vtt check`).
+
+    vtt check --deepspeed deepspeed/zero2.json --gpus 4 [--nodes 2] [--config jobs/llava.yaml] [--json]
+              [--fix OUT] [--gpu-memory 80] [--per_device_train_batch_size 2 ...]
+
+The verdict comes from the code the runtime runs, in the order it runs it, with the world size given
+instead of read from torch.distributed (a login node has none):
+
+1. TrainingArguments: transformers' `HfTrainerDeepSpeedConfig.trainer_config_process` fills every
+   `"auto"` and compares every hard-coded value the Trainer owns; accelerate's `DeepSpeedPlugin` takes
+   the file as TrainingArguments hands it over.
+2. `Trainer.train()` -> `trainer_config_finalize`: raises the mismatches of step 1 (the ValueError that
+   ends a job after its queue wait and model load).
+3. accelerate's `_prepare_deepspeed`: an `"auto"` that nothing fills is an error.
+4. `deepspeed.initialize` -> DeepSpeed's `DeepSpeedConfig`: batch arithmetic (its own derivation where
+   the file gives only some of the three batch keys), ZeRO settings, bf16 and fp16 not both on.
+
+Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
+of model-state memory per GPU (the ZeRO paper's 2Ψ + 2Ψ + 12Ψ, partitioned by stage, offload and
+world size) is set against the GPU's memory when one is given. `--fix OUT` writes a copy of the file
+with every value the Trainer owns set to "auto".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from vtt.paths import shipped
+
+# The DeepSpeed keys transformers' trainer_config_process/finalize compare with TrainingArguments
+# (fill_match), with the training argument each one mirrors: `--fix` sets exactly these to "auto".
+TRAINER_OWNED = {
+    "train_micro_batch_size_per_gpu": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "train_batch_size": "per_device_train_batch_size x gradient_accumulation_steps x world size",
+    "gradient_clipping": "max_grad_norm",
+    "optimizer.params.lr": "learning_rate",
+    "optimizer.params.betas": "[adam_beta1, adam_beta2]",
+    "optimizer.params.eps": "adam_epsilon",
+    "optimizer.params.weight_decay": "weight_decay",
+    "scheduler.params.warmup_max_lr": "learning_rate",
+    "scheduler.params.warmup_num_steps": "warmup_steps",
+    "scheduler.params.total_num_steps": "max_steps (or the steps the data gives)",
+    "fp16.enabled": "fp16",
+    "bf16.enabled": "bf16",
+}
+BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+# Filled by accelerate's _prepare_deepspeed beyond what transformers fills: any other "auto" left is an error there.
+ACCELERATE_FILLS = {"zero_optimization.stage3_gather_16bit_weights_on_model_save": False}
+# Keys whose runtime value depends on the number of optimizer steps, known only once the data is loaded
+# unless max_steps is given.
+STEP_KEYS = ("scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps")
+MEMORY_MARGIN = 0.10  # model states within 10% of the GPU's memory leave no room for activations: warn
+
+
+@dataclass
+class Problem:
+    """One finding: the key as written in the file (or the run-config field), both values, and the fix."""
+
+    key: str
+    value: Any  # what the DeepSpeed file (or run config) says
+    expected: Any  # what the training arguments and world size make of it
+    fix: str
+    # Which step raises it, in the runtime's order: vtt (run config), training_arguments (accelerate's
+    # DeepSpeedPlugin), transformers (trainer_config_finalize), accelerate (_prepare_deepspeed), deepspeed.
+    source: str
+    detail: str = ""
+    file: str = ""  # where the key is written, when not the DeepSpeed file (the run config's global_batch_size)
+
+    def line(self, level: str, deepspeed: str) -> str:
+        said = f"{self.key}={_show(self.value)}" if self.value is not None else self.key
+        versus = f" but {self.detail}" if self.detail else ""
+        return f"{level}: {self.file or deepspeed}: {said}{versus}; fix: {self.fix}"
+
+
+@dataclass
+class MemoryEstimate:
+    """Model-state memory per GPU (params, grads, optimizer states), in GB (1e9 bytes)."""
+
+    model: str
+    params: int | None = None
+    stage: int = 0
+    world: int = 1
+    offload_optimizer: str = "none"
+    offload_param: str = "none"
+    params_gb: float = 0.0
+    grads_gb: float = 0.0
+    optimizer_gb: float = 0.0
+    gpu_memory_gb: float | None = None
+    skipped: str | None = None  # why there is no estimate
+
+    @property
+    def total_gb(self) -> float:
+        return self.params_gb + self.grads_gb + self.optimizer_gb
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"memory: skipped ({self.skipped})"
+        offload = ", ".join(
+            f"{what} offloaded to {dev}"
+            for what, dev in (("optimizer", self.offload_optimizer), ("params", self.offload_param))
+            if dev != "none"
+        )
+        against = f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else " (no GPU memory given: --gpu-memory)"
+        return (
+            f"memory: {self.model}: {self.params / 1e9:.2f}B params, ZeRO-{self.stage} on {self.world} GPU(s)"
+            f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
+            f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f})"
+        )
+
+
+@dataclass
+class CheckReport:
+    deepspeed: str
+    world: int
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    memory: MemoryEstimate | None = None
+    config: dict[str, Any] | None = None  # the DeepSpeed config as the runtime would fill it
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def lines(self) -> list[str]:
+        out = [p.line("error", self.deepspeed) for p in self.errors]
+        out += [p.line("warning", self.deepspeed) for p in self.warnings]
+        if self.memory is not None:
+            out.append(self.memory.line())
+        verdict = "consistent" if self.ok else f"{len(self.errors)} problem(s)"
+        out.append(f"{self.deepspeed} on {self.world} GPU(s): {verdict}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        if self.memory is not None:
+            data["memory"]["total_gb"] = self.memory.total_gb
+        data.pop("config")
+        return json.loads(json.dumps(data, default=str))
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, list, bool)) or value is None else f"{value:g}"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def read_deepspeed(path: str | Path) -> dict[str, Any]:
+    """The DeepSpeed file as a dict (JSON, as accelerate reads it), or a ValueError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such DeepSpeed file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object of DeepSpeed settings, found {type(data).__name__}")
+    return data
+
+
+def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """argv without `name VALUE`, and that value."""
+    if name not in argv:
+        return argv, None
+    at = argv.index(name)
+    if at + 1 >= len(argv):
+        raise ValueError(f"{name} needs a value")
+    return argv[:at] + argv[at + 2 :], argv[at + 1]
+
+
+def _training_arguments(
+    config: str | Path | None, world: int, overrides: list[str]
+) -> tuple[Any, Any, str | None, list[Problem]]:
+    """(run arguments or None, training arguments, the DeepSpeed file the run config names, problems).
+
+    Parsed with use_cpu so that bf16 parses on a login node; the DeepSpeed file is kept away from
+    TrainingArguments here (it would start torch.distributed) and given the world size explicitly later.
+    """
+    problems: list[Problem] = []
+    if config is None:
+        from transformers import HfArgumentParser, TrainingArguments
+
+        try:
+            (training,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+                [*overrides, "--deepspeed", "", "--use_cpu", "true", "--report_to", "none"]
+            )
+        except SystemExit:  # argparse has printed which argument is bad
+            raise ValueError(f"bad training argument in {' '.join(overrides)}") from None
+        return None, training, None, problems
+
+    from vtt.config import gradient_accumulation_for, make_parser, parse_run_config, read_yaml, trainer_of
+
+    argv = ["--config", str(config), *overrides]
+    named = read_yaml(config).get("deepspeed")
+    argv += ["--deepspeed", ""]
+    try:
+        run, _, training = parse_run_config(argv, world=world, use_cpu=True)
+    except SystemExit:
+        raise ValueError(f"{config}: bad training argument in {' '.join(overrides)}") from None
+    except ValueError:
+        # global_batch_size that does not divide for this world size is a finding, not a bad input:
+        # report it and check the rest with the accumulation the config gives.
+        run, _, training = make_parser(trainer_of(argv)).parse_args_and_config([*argv, "--use_cpu", "true"])
+        if run.global_batch_size is None:
+            raise
+        try:
+            gradient_accumulation_for(run.global_batch_size, training.per_device_train_batch_size, world)
+        except ValueError as err:
+            problems.append(
+                Problem(
+                    key="global_batch_size",
+                    value=run.global_batch_size,
+                    expected=None,
+                    fix=str(err).split(". ", 1)[1] if ". " in str(err) else str(err),
+                    source="vtt",
+                    detail=f"it is not a multiple of per_device_train_batch_size "
+                    f"{training.per_device_train_batch_size} x {world} GPU(s)",
+                    file=str(config),
+                )
+            )
+        else:
+            raise
+    return run, training, named, problems
+
+
+class _AtWorld:
+    """TrainingArguments as a launcher of `world` processes would see them (args.world_size is read
+    from torch.distributed, which is not started here); every other attribute is the real one."""
+
+    def __init__(self, args: Any, world: int):
+        self._args = args
+        self.world_size = world
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._args, name)
+
+
+def _recorder_class() -> type:
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    class Recorder(HfTrainerDeepSpeedConfig):
+        """transformers' own fill-and-compare, keeping each mismatch as (key, file value, hf name, hf value)."""
+
+        found: list[tuple[str, Any, str, Any]]
+
+        def fill_match(self, ds_key_long, hf_val, hf_key=None, must_match=True):
+            before = len(self.mismatches)
+            written = self.get_value(ds_key_long)
+            super().fill_match(ds_key_long, hf_val, hf_key, must_match)
+            if len(self.mismatches) > before:
+                self.found.append((ds_key_long, written, hf_key, hf_val))
+
+    return Recorder
+
+
+def _deepspeed_config_class() -> type:
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    class AtWorld(DeepSpeedConfig):
+        """DeepSpeed's config class with the data-parallel world size given, not read from torch.distributed."""
+
+        def __init__(self, config: dict, world: int):
+            self._world = world
+            super().__init__(config)
+
+        @property
+        def world_size(self) -> int:
+            return self._world
+
+        @world_size.setter
+        def world_size(self, _ignored: int) -> None:  # DeepSpeed's __init__ assigns 1 when no process group runs
+            pass
+
+    return AtWorld
+
+
+# ---------------------------------------------------------------------------------------------- the check
+
+
+def _leaves(config: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _get(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _expected_text(key: str, hf_val: Any, args: Any, world: int) -> str:
+    if key == "train_batch_size":
+        return (
+            f"per_device_train_batch_size {args.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{args.gradient_accumulation_steps} x {world} GPU(s) = {hf_val}"
+        )
+    if key in ("fp16.enabled", "bf16.enabled"):
+        name = key.split(".")[0]
+        return f"the training arguments have {name}={str(bool(hf_val)).lower()}"
+    return f"the training arguments give {TRAINER_OWNED.get(key, key)}={_show(hf_val)}"
+
+
+def _runtime_problems(
+    written: dict, args: Any, world: int, model_config: Any, steps_known: bool
+) -> tuple[list[Problem], list[Problem], dict]:
+    """(errors, warnings, the filled config), stage by stage as transformers, accelerate and DeepSpeed run."""
+    import transformers.integrations.deepspeed as hf_ds
+    from accelerate.utils import DeepSpeedPlugin
+
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    at_world = _AtWorld(args, world)
+    saved = hf_ds._hf_deepspeed_config_weak_ref  # HfDeepSpeedConfig registers itself globally: leave no trace
+    try:
+        recorder = _recorder_class()(copy.deepcopy(written))
+        recorder.found = []
+        recorder.trainer_config_process(at_world)  # TrainingArguments.__post_init__
+        try:
+            DeepSpeedPlugin(hf_ds_config=recorder)  # ditto, right after
+        except ValueError as err:
+            errors.append(
+                Problem(
+                    "zero_optimization", None, None, 'add a "zero_optimization" block', "training_arguments", str(err)
+                )
+            )
+            return errors, warnings, recorder.config
+        # Trainer.train() -> deepspeed_init -> trainer_config_finalize; the model is only asked for its config.
+        model = SimpleNamespace(config=model_config or SimpleNamespace(hidden_size=1024))
+        steps = args.max_steps if args.max_steps > 0 else 1
+        try:
+            recorder.trainer_config_finalize(at_world, model, steps)
+        except ValueError as err:
+            if not recorder.found:  # not a mismatch: e.g. a model config without hidden_size
+                errors.append(
+                    Problem(
+                        "zero_optimization", None, None, "set the bucket sizes to numbers", "transformers", str(err)
+                    )
+                )
+        for key, ds_val, _hf_key, hf_val in recorder.found:
+            problem = Problem(key, ds_val, hf_val, f'set it to "auto" (or {_show(hf_val)})', "transformers")
+            problem.detail = _expected_text(key, hf_val, args, world)
+            if key in STEP_KEYS and not steps_known:
+                problem.detail = "the runtime compares it with the optimizer steps, known only once the data is loaded"
+                problem.fix = 'set it to "auto" (or give max_steps)'
+                warnings.append(problem)
+            else:
+                errors.append(problem)
+        config = recorder.config
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+    if any(p.source == "transformers" for p in errors):
+        return errors, warnings, config  # the runtime stops here
+
+    # accelerate's _prepare_deepspeed: fills a few more, and raises on any "auto" it cannot fill.
+    for key, value in _leaves(config):
+        if value == "auto" and key not in ACCELERATE_FILLS:
+            errors.append(
+                Problem(
+                    key,
+                    "auto",
+                    None,
+                    "set a value: nothing fills this key",
+                    "accelerate",
+                    "neither the Trainer nor accelerate fills it",
+                )
+            )
+    if errors:
+        return errors, warnings, config
+    for key, value in ACCELERATE_FILLS.items():
+        node = _get(config, key.rsplit(".", 1)[0]) if "." in key else config
+        if isinstance(node, dict) and node.get(key.rsplit(".", 1)[-1]) == "auto":
+            node[key.rsplit(".", 1)[-1]] = value
+
+    # deepspeed.initialize -> DeepSpeedConfig
+    try:
+        ds = _deepspeed_config_class()(copy.deepcopy(config), world)
+    except Exception as err:  # AssertionError, ValueError, pydantic's ValidationError: DeepSpeed's own words
+        errors.append(_deepspeed_problem(err, written, config, args, world))
+        return errors, warnings, config
+    warnings += _derivation_warnings(written, ds, args)
+    return errors, warnings, config
+
+
+def _deepspeed_problem(err: Exception, written: dict, config: dict, args: Any, world: int) -> Problem:
+    text = " ".join(str(err).split())
+    if "batch" in text or "gradient_accumulation_steps" in text or "Gradient accumulation" in text:
+        missing = [k for k in BATCH_KEYS if k not in written]
+        fix = "add " + ", ".join(f'"{k}": "auto"' for k in missing) if missing else 'set the three batch keys to "auto"'
+        return Problem(
+            "train_batch_size",
+            config.get("train_batch_size"),
+            None,
+            fix,
+            "deepspeed",
+            f"DeepSpeed on {world} GPU(s): {text}",
+        )
+    if "bfloat16 and fp16" in text:
+        return Problem(
+            "bf16.enabled",
+            True,
+            None,
+            'set "fp16": {"enabled": "auto"} and "bf16": {"enabled": "auto"}',
+            "deepspeed",
+            "fp16.enabled is true too: DeepSpeed refuses both",
+        )
+    errors = getattr(err, "errors", None)
+    if callable(errors):  # pydantic: name the field DeepSpeed rejected
+        first = err.errors()[0]
+        section = "zero_optimization" if "zero" in type(err).__name__.lower() or "Zero" in text else ""
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        key = ".".join(p for p in (section, loc) if p) or "zero_optimization"
+        return Problem(
+            key, first.get("input"), None, "use a value DeepSpeed accepts", "deepspeed", first.get("msg", text)
+        )
+    return Problem("zero_optimization", None, None, "correct the setting DeepSpeed names", "deepspeed", text)
+
+
+def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
+    """Where DeepSpeed derived a batch key the file left out, and the Trainer runs something else."""
+    out = []
+    pairs = (
+        ("train_micro_batch_size_per_gpu", ds.train_micro_batch_size_per_gpu, args.per_device_train_batch_size),
+        ("gradient_accumulation_steps", ds.gradient_accumulation_steps, args.gradient_accumulation_steps),
+    )
+    for key, derived, trainer in pairs:
+        if key not in written and derived != trainer:
+            out.append(
+                Problem(
+                    key,
+                    None,
+                    trainer,
+                    f'add "{key}": "auto"',
+                    "deepspeed",
+                    f"absent: DeepSpeed derives {derived}, the Trainer runs {trainer}",
+                )
+            )
+    for name in ("bf16", "fp16"):
+        if getattr(args, name) and name not in written:
+            out.append(
+                Problem(
+                    f"{name}.enabled",
+                    None,
+                    True,
+                    f'add "{name}": {{"enabled": "auto"}}',
+                    "deepspeed",
+                    f"absent although the training arguments have {name}=true: DeepSpeed trains in fp32",
+                )
+            )
+    zero = written.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
+    for block, least in (("offload_param", 3), ("offload_optimizer", 1)):
+        device = (zero.get(block) or {}).get("device", "none") if isinstance(zero.get(block), dict) else "none"
+        if device not in (None, "none") and stage < least:
+            out.append(
+                Problem(
+                    f"zero_optimization.{block}.device",
+                    device,
+                    None,
+                    f"use ZeRO stage {least} or more, or remove {block}",
+                    "deepspeed",
+                    f"ZeRO stage {stage} ignores it",
+                )
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:
+    """(parameter count, model config, why not) from the model's config alone: built on the meta
+    device, no weights read, no network (a hub id must be in the local cache)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except OSError:  # a hub id that is not in the local cache: the check never downloads
+        return None, None, f"no local config for {name}: not a folder, not in the Hugging Face cache"
+    except Exception as err:  # e.g. ValueError for a model type this transformers does not know
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, None, f"no usable config for {name}: {first[:160]}"
+    import torch
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
+
+    auto = {"llava": AutoModelForImageTextToText, "seq2seq": AutoModelForSeq2SeqLM}.get(trainer or "", AutoModel)
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    return sum(p.numel() for p in model.parameters()), config, None
+
+
+def estimate_memory(params: int, written: dict, args: Any, world: int) -> MemoryEstimate:
+    """ZeRO paper (Rajbhandari et al. 2020), mixed precision with Adam: 2Ψ params + 2Ψ grads + 12Ψ
+    optimizer (fp32 master, momentum, variance); in fp32 4Ψ + 4Ψ + 8Ψ. Stage 1 partitions the
+    optimizer states, 2 the grads too, 3 the params too; what is offloaded leaves the GPU (as in
+    DeepSpeed's estimate_zero*_model_states_mem_needs, less their working buffers)."""
+    zero = written.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
+    off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
+    off_par = (zero.get("offload_param") or {}).get("device") or "none"
+    half = bool(args.bf16 or args.fp16)
+    p_bytes, g_bytes, o_bytes = (2, 2, 12) if half else (4, 4, 8)
+    params_b = p_bytes * params / (world if stage >= 3 else 1)
+    grads_b = g_bytes * params / (world if stage >= 2 else 1)
+    optim_b = o_bytes * params / (world if stage >= 1 else 1)
+    if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
+        optim_b = grads_b = 0.0
+    if off_par != "none" and stage >= 3:
+        params_b = 0.0
+    return MemoryEstimate(
+        model="",
+        params=params,
+        stage=stage,
+        world=world,
+        offload_optimizer=off_opt,
+        offload_param=off_par,
+        params_gb=params_b / 1e9,
+        grads_gb=grads_b / 1e9,
+        optimizer_gb=optim_b / 1e9,
+    )
+
+
+def _memory_problems(memory: MemoryEstimate) -> tuple[list[Problem], list[Problem]]:
+    if memory.skipped or not memory.gpu_memory_gb:
+        return [], []
+    total, have = memory.total_gb, memory.gpu_memory_gb
+    detail = f"model states alone need {total:.1f} GB per GPU, the GPU has {have:g} GB"
+    fix = "use more GPUs, a higher ZeRO stage, or offload (zero_optimization.offload_optimizer / offload_param)"
+    problem = Problem("zero_optimization.stage", memory.stage, None, fix, "vtt", detail)
+    if total > have:
+        return [problem], []
+    if total > (1 - MEMORY_MARGIN) * have:
+        problem.detail += f": within {MEMORY_MARGIN:.0%}, no room for activations"
+        return [], [problem]
+    return [], []
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def check_run(
+    config: str | Path | None,
+    gpus: int,
+    nodes: int = 1,
+    overrides: Sequence[str] = (),
+    deepspeed: str | Path | None = None,
+    gpu_memory_gb: float | None = None,
+) -> CheckReport:
+    """Check a DeepSpeed file against a run config (or TrainingArguments defaults) on nodes x gpus GPUs.
+
+    Raises ValueError when the check cannot run (missing or invalid file, bad argument); problems
+    found are in the report.
+    """
+    if gpus < 1 or nodes < 1:
+        raise ValueError(f"--gpus {gpus} --nodes {nodes}: both must be at least 1")
+    world = gpus * nodes
+    _quiet()
+    overrides, from_argv = _pop_option(list(overrides), "--deepspeed")
+    run, args, named, problems = _training_arguments(config, world, overrides)
+    chosen = deepspeed or from_argv or named
+    if not chosen:
+        raise ValueError(
+            f"{config}: names no DeepSpeed file: pass --deepspeed FILE" if config else "pass --deepspeed FILE"
+        )
+    path = shipped(chosen)
+    written = read_deepspeed(path)
+    report = CheckReport(deepspeed=str(chosen), world=world)
+    report.errors += problems
+    params, model_config, why = _sized(run.model_name_or_path, run.trainer) if run else (None, None, None)
+    errors, warnings, filled = _runtime_problems(written, args, world, model_config, steps_known=args.max_steps > 0)
+    if problems:  # no accumulation exists for this layout: batch findings would only repeat that
+        errors = [p for p in errors if p.key not in BATCH_KEYS]
+    report.errors += errors
+    report.warnings += warnings
+    report.config = filled
+    if run is None:
+        report.memory = MemoryEstimate(model="", skipped="no run config (--config): no model to size")
+    elif params is None:
+        report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
+    else:
+        report.memory = estimate_memory(params, written, args, world)
+        report.memory.model = run.model_name_or_path
+        report.memory.gpu_memory_gb = gpu_memory_gb
+    mem_errors, mem_warnings = _memory_problems(report.memory)
+    report.errors += mem_errors
+    report.warnings += mem_warnings
+    return report
+
+
+def _sized(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:
+    return _model_parameters(name, trainer)
+
+
+def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
+    """Write a copy of `source` with every value the Trainer owns set to "auto" (the batch keys and
+    precision blocks added where absent); `source` is never touched and `out` appears whole or not at
+    all. Returns the keys changed."""
+    source, out = Path(source), Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"--fix {out}: that is the file being checked; write the corrected copy elsewhere")
+    config = read_deepspeed(source)
+    changed = []
+    for key in TRAINER_OWNED:
+        parent, _, leaf = key.rpartition(".")
+        node = _get(config, parent) if parent else config
+        if key in BATCH_KEYS and leaf not in config:
+            config[leaf] = "auto"
+            changed.append(key)
+        elif isinstance(node, dict) and leaf in node and node[leaf] != "auto":
+            node[leaf] = "auto"
+            changed.append(key)
+    for name in ("bf16", "fp16"):
+        if not isinstance(config.get(name), dict):
+            config[name] = {"enabled": "auto"}
+            changed.append(f"{name}.enabled")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as sink:
+            json.dump(config, sink, indent=2)
+            sink.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return changed
+
+
+def _quiet() -> None:
+    """DeepSpeed and transformers log at import and config time; a check prints only its findings."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no accelerator probe, no "Setting accelerator" warning
+    for name in ("DeepSpeed", "deepspeed", "transformers", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON file (default: the one the run config names)")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (world size = nodes x gpus)")
+    parser.add_argument("--config", help="run config, e.g. jobs/llava.yaml (default: TrainingArguments defaults)")
+    parser.add_argument(
+        "--gpu-memory", type=float, dest="gpu_memory", help="GB of memory per GPU, for the memory check"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fix", type=Path, help='write a copy with every Trainer-owned value "auto" here')
+    parser.epilog = "Other --name value pairs are training arguments (--per_device_train_batch_size 2 --bf16 true)."
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    config = shipped(args.config) if args.config else None
+    report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory)
+    if args.fix:
+        changed = fix_deepspeed(shipped(report.deepspeed), args.fix)
+        note = f"wrote {args.fix}: " + (", ".join(changed) + ' set to "auto"' if changed else "nothing to change")
+        print(note, file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
