@@ -1,6 +1,6 @@
 """A real Slurm (Debian's slurm-wlm 22.05 + munge) on this machine, for the job tests.
 
-    python tests/slurm_cluster.py start DIR [--nodes 2] [--gpus 4]   # prints `export SLURM_CONF=...`
+    python tests/slurm_cluster.py start DIR [--nodes 2] [--gpus 8]   # prints `export SLURM_CONF=...`
     python tests/slurm_cluster.py stop DIR
 
 The tests start it once per session (fixture `slurm` in tests/conftest.py) and stop it after. Everything
@@ -84,9 +84,14 @@ def slurm_conf(root: Path, nodes: int, gpus: int) -> str:
     for name in node_names(nodes):
         lines.append(
             f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
-            f"CPUs=8 RealMemory=64000 Gres=gpu:{gpus} State=UNKNOWN"
+            f"CPUs=128 RealMemory=1000000 Gres=gpu:h100:{gpus} Feature=ib,h100 State=UNKNOWN"
         )
-    lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+    # debug for the ci profile; gpu and batch are the partitions the shipped example profiles name, so that
+    # `sbatch --test-only` can judge their scripts here. Sizes (CPUs, memory, 8 GPUs of type h100, the ib
+    # feature) match the examples; config_overrides lets slurmd declare more than this host has.
+    for partition in ("debug", "gpu", "batch"):
+        default = " Default=YES" if partition == "debug" else ""
+        lines.append(f"PartitionName={partition} Nodes=ALL{default} MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +104,7 @@ def gres_conf(root: Path, nodes: int, gpus: int) -> str:
             device = devices / f"nvidia{index}"
             if not device.exists():
                 os.mknod(device, 0o600 | 0o020000, os.makedev(195, index))  # a character device, as a GPU is
-        lines.append(f"NodeName={name} Name=gpu File={devices}/nvidia[0-{gpus - 1}]")
+        lines.append(f"NodeName={name} Name=gpu Type=h100 File={devices}/nvidia[0-{gpus - 1}]")
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +128,7 @@ def alive(pid_file: Path) -> bool:
     return state != "Z"
 
 
-def start(root: Path, nodes: int = 2, gpus: int = 4) -> dict[str, str]:
+def start(root: Path, nodes: int = 2, gpus: int = 8) -> dict[str, str]:
     """Start munged, slurmctld and `nodes` slurmd under `root`; returns the environment clients need."""
     root = root.resolve()
     if (root / "slurm.conf").exists() and alive(root / "slurmctld.pid"):
@@ -200,7 +205,7 @@ def main() -> int:
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("root", type=Path)
     parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--gpus", type=int, default=4, help="fake GPUs per node")
+    parser.add_argument("--gpus", type=int, default=8, help="fake GPUs per node")
     args = parser.parse_args()
     if args.action == "start":
         env = start(args.root, args.nodes, args.gpus)
