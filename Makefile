@@ -12,7 +12,7 @@ NODES   ?= 1
 CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 
-.PHONY: help setup demo test lint format local clean
+.PHONY: help setup demo test lint format local clean render submit
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,18 @@ demo: setup ## train both tiny models here on synthetic videos and print their l
 
 local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make local TRAINER=llava GPUS=1
 	$(VTT) run --config $(CONFIG) --gpus $(GPUS) $(ARGS)
+
+# Cluster jobs. CLUSTER is a profile in jobs/clusters/; NODES defaults to the profile's when not given.
+CLUSTER ?= local
+NODES_ARG = $(if $(filter command line environment,$(origin NODES)),--nodes $(NODES))
+# The bare-runtime job runs the python3 on the PATH sbatch passes on: the venv's.
+render submit: export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+render: setup ## write a job script under jobs/rendered/, print its path: make render CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
+	@$(VTT) render --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) -o jobs/rendered/ $(ARGS)
+
+submit: setup ## render and sbatch it, print the job id and log: make submit CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
+	@$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -17,7 +17,9 @@
 
 set -euo pipefail
 echo "start: $(date -Is) job ${SLURM_JOB_ID} (${SLURM_JOB_NAME}) on ${SLURM_JOB_NODELIST}"
-trap 'echo "end: $(date -Is) exit $?"' EXIT
+# The exit status is saved first: $(date) would reset $?.
+finish() { local status=$?; echo "end: $(date -Is) exit $status"; }
+trap finish EXIT
 
 export PYTHONUNBUFFERED=1
 # Compute nodes have no internet: read models and datasets only from the staged cache (HF_HOME).

@@ -6,7 +6,9 @@
 
 set -euo pipefail
 echo "start: $(date -Is) on $(hostname)"
-trap 'echo "end: $(date -Is) exit $?"' EXIT
+# The exit status is saved first: $(date) would reset $?.
+finish() { local status=$?; echo "end: $(date -Is) exit $status"; }
+trap finish EXIT
 
 export PYTHONUNBUFFERED=1
 # Secrets (HF_TOKEN) are not in this file: the job reads them from the environment it was submitted
