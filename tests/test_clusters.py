@@ -57,7 +57,7 @@ def test_runtime_outside_choices_lists_them(tmp_path):
 
 def test_container_without_image_is_an_error(tmp_path):
     path = write(tmp_path, "gpus_per_node: 4\ncontainer:\n  runtime: pyxis\n")
-    with pytest.raises(ValueError, match="container.runtime is pyxis but container.image is not set"):
+    with pytest.raises(ValueError, match=r"container\.runtime is pyxis but container\.image is not set"):
         load_profile(path)
 
 
@@ -81,7 +81,7 @@ def test_newline_in_a_value_is_refused(tmp_path):
 
 def test_local_profile_refuses_slurm_settings(tmp_path):
     path = write(tmp_path, "scheduler: local\npartition: gpu\n")
-    with pytest.raises(ValueError, match="scheduler is local .* sets partition"):
+    with pytest.raises(ValueError, match=r"scheduler is local .* sets partition"):
         load_profile(path)
 
 

@@ -130,7 +130,9 @@ def test_sbatch_test_only_accepts_rendered_script_of_shipped_profile(path, slurm
     gpus = str(load_profile(path).gpus_per_node)
     done = subprocess.run([*render, "--gpus", gpus, "-o", str(script)], cwd=ROOT, env=slurm, capture_output=True)
     assert done.returncode == 0, done.stderr
-    checked = subprocess.run(["sbatch", "--test-only", str(script)], cwd=ROOT, env=slurm, capture_output=True, text=True)
+    checked = subprocess.run(
+        ["sbatch", "--test-only", str(script)], cwd=ROOT, env=slurm, capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stderr
     assert "to start at" in checked.stderr
 
@@ -140,7 +142,8 @@ def test_partition_slurm_rejects_is_reported_with_sbatchs_message(slurm, tmp_pat
     profile.write_text((ROOT / "jobs/clusters/ci.yaml").read_text() + "partition: 'x; touch pwned'\n")
     profile.write_text(profile.read_text().replace("partition: debug\n", "", 1))
     command = [sys.executable, "-m", "vtt.cli", "submit", "--cluster", str(profile), "--config", "jobs/tiny-llava.yaml"]
-    done = subprocess.run([*command, "--gpus", "1", "-o", str(tmp_path / "job.sh")], cwd=ROOT, env=slurm, capture_output=True, text=True)  # fmt: skip
+    command += ["--gpus", "1", "-o", str(tmp_path / "job.sh")]
+    done = subprocess.run(command, cwd=ROOT, env=slurm, capture_output=True, text=True)
     assert done.returncode == 2
     assert "vtt submit: error: sbatch rejected" in done.stderr
     assert "invalid partition specified: x; touch pwned" in done.stderr
