@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ def logged_losses(run_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="session")
-def slurm() -> dict[str, str]:
+def slurm() -> Iterator[dict[str, str]]:
     """A real Slurm on this machine (tests/slurm_cluster.py: 2 nodes, 8 fake GPUs each), started once per
     session and stopped after; the environment its clients (sbatch, make submit) need."""
+    import shutil
     import tempfile
 
     from slurm_cluster import start, stop
@@ -48,3 +50,4 @@ def slurm() -> dict[str, str]:
         yield dict(os.environ, **env)
     finally:
         stop(root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -61,7 +61,8 @@ LAUNCH=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MAST
     --module vtt.trainers.llava --config jobs/llava.yaml)
 # One launcher per node, no SSH: each runs the deepspeed launcher with its node rank from SLURM_NODEID.
 # shellcheck disable=SC2016  # $0, $@ and SLURM_NODEID expand in each node's shell, not here
-NODE_LAUNCH='exec "$0" -m deepspeed.launcher.runner --no_ssh --node_rank="$SLURM_NODEID" "$@"'
+# TMPDIR is made on every node: scratch is often node-local.
+NODE_LAUNCH='mkdir -p "$TMPDIR" && exec "$0" -m deepspeed.launcher.runner --no_ssh --node_rank="$SLURM_NODEID" "$@"'
 srun --kill-on-bad-exit=1 --wait=60 --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
     apptainer exec --nv --bind /projects/proj123/hf-cache:/projects/proj123/hf-cache --bind /scratch/"${USER}":/scratch/"${USER}" --bind /projects/proj123/data:/data:ro --bind /dev/infiniband /projects/proj123/images/vtt.sif \
     bash -c "$NODE_LAUNCH" python3 "${LAUNCH[@]}"
