@@ -13,7 +13,7 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check clean
+.PHONY: help setup demo test lint format local check render submit clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,17 @@ local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make 
 
 check: setup ## check the DeepSpeed file of jobs/$(TRAINER).yaml for GPUS x NODES: make check TRAINER=llava GPUS=4 [DS=...]
 	$(VTT) check --config $(CONFIG) --gpus $(GPUS) --nodes $(NODES) $(if $(DS),--deepspeed $(DS)) $(ARGS)
+# Cluster jobs. CLUSTER is a profile in jobs/clusters/; NODES defaults to the profile's when not given.
+CLUSTER ?= local
+NODES_ARG = $(if $(filter command line environment,$(origin NODES)),--nodes $(NODES))
+# The bare-runtime job runs the python3 on the PATH sbatch passes on: the venv's.
+render submit: export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+render: setup ## write a job script under jobs/rendered/, print its path: make render CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
+	@$(VTT) render --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) -o jobs/rendered/ $(ARGS)
+
+submit: setup ## render and sbatch it, print the job id and log: make submit CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
+	@$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

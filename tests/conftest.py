@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,21 @@ def train(config: str, gpus: int, overrides: list[str], cwd: Path = ROOT) -> sub
 def logged_losses(run_dir: Path) -> list[float]:
     state = json.loads((run_dir / "trainer_state.json").read_text())
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    """A real Slurm on this machine (tests/slurm_cluster.py: 2 nodes, 8 fake GPUs each), started once per
+    session and stopped after; the environment its clients (sbatch, make submit) need."""
+    import shutil
+    import tempfile
+
+    from slurm_cluster import start, stop
+
+    root = Path(tempfile.mkdtemp(prefix="vtt-slurm-"))
+    try:
+        env = start(root)
+        yield dict(os.environ, **env)
+    finally:
+        stop(root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -15,6 +15,8 @@ COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
     "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
     "check": ("vtt.dsconfig", "check a DeepSpeed file against the training arguments and the GPU count"),
+    "render": ("vtt.jobs", "check a run config on a cluster profile and write its job script"),
+    "submit": ("vtt.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
 }
 
 

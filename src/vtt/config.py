@@ -10,6 +10,7 @@ value; an unknown key, in the file or on the command line, is an error that name
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 TRAINERS = ("llava", "seq2seq")
+# TRL's SFTConfig sets this deprecated alias by itself on every parse; nothing a user can change.
+warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass

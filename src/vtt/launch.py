@@ -69,4 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from vtt.clusters import load_profile, profile_path
+    from vtt.jobs import preflight
+
+    # The same pre-flight check as render/submit, on the local profile (this machine, one node).
+    preflight(load_profile(profile_path("local")), shipped(args.config), args.gpus, 1, extra)
     return train_locally(shipped(args.config), args.gpus, extra, args.log)
