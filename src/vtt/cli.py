@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
     "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
+    "stage": ("vtt.stage", "download what a run config names into the HF cache, for offline compute nodes"),
 }
 
 

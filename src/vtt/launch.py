@@ -8,13 +8,14 @@ Arguments vtt does not know are passed to the trainer, which rejects any it does
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from vtt.config import trainer_of
+from vtt.jobenv import job_environment
+from vtt.offline import require_staged_if_offline
 from vtt.paths import shipped
 
 
@@ -46,7 +47,9 @@ def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], maste
 def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path | None = None) -> int:
     """Run the job here; stream its output (and tee it into `log` when given). Returns the exit code."""
     command = deepspeed_command(config, gpus, overrides)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # On an offline node, a model missing from the cache fails here in seconds, not after the launch.
+    require_staged_if_offline(config, overrides)
+    env = job_environment()
     if log is None:
         return subprocess.run(command, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)
