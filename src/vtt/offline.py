@@ -106,11 +106,15 @@ def hub_cache(cache_home: str | Path | None = None) -> Path:
 def not_in_cache(repo: HubRepo, cache_dir: Path) -> str | None:
     """Why `repo` cannot be loaded from `cache_dir` without the network, or None when it can."""
     from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError, IncompleteSnapshotError, LocalEntryNotFoundError
 
     try:
-        files = [f.path for f in get_cached_repo_tree(repo.repo_id, repo_type=repo.repo_type, revision=repo.revision,
-                                                      cache_dir=cache_dir)]
+        files = [
+            f.path
+            for f in get_cached_repo_tree(
+                repo.repo_id, repo_type=repo.repo_type, revision=repo.revision, cache_dir=cache_dir
+            )
+        ]
     except CachedRepoTreeNotFoundError:
         files = []  # staged by another tool: the snapshot folder is all there is to check
     try:
@@ -124,10 +128,10 @@ def not_in_cache(repo: HubRepo, cache_dir: Path) -> str | None:
             local_files_only=True,
             ignore_patterns=ignore_patterns(files),
         )
+    except IncompleteSnapshotError as err:  # its message names the files the snapshot lacks
+        return f"staged only in part: {err}"
     except LocalEntryNotFoundError:
         return "not in the cache"
-    except Exception as err:  # IncompleteSnapshotError and its kin: the message names the missing files
-        return f"{type(err).__name__}: {err}"
     return None
 
 
