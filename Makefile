@@ -13,10 +13,20 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check render submit clean
+.PHONY: help setup demo test lint format local check render submit clean image sif push-image stage nccl-check
+# Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE      ?= vtt:$(VERSION)
+REGISTRY   ?=
+DOCKER     ?= docker
+APPTAINER  ?= apptainer
+CUDA_IMAGE ?=
+ARCHS      ?=
+CACHE      ?=
+
 
 help: ## list every target
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # The install is redone only when pyproject.toml changes: the stamp file records the last one.
 $(VENV)/.installed: pyproject.toml
@@ -57,6 +67,29 @@ format: setup ## apply ruff's fixes and formatting
 
 test: setup lint ## install what is missing and run the whole test suite
 	$(VENV)/bin/pytest $(ARGS)
+
+image: ## docker build the CUDA image vtt:<version> [CUDA_IMAGE=...@sha256:...] [ARCHS="8.0;9.0"]
+	$(DOCKER) build -t $(IMAGE) $(if $(CUDA_IMAGE),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) $(if $(ARCHS),--build-arg TORCH_CUDA_ARCH_LIST="$(ARCHS)") .
+
+sif: ## build vtt.sif from the image `make image` built (apptainer.def; runs its %test)
+	$(APPTAINER) build vtt.sif apptainer.def
+
+push-image: ## tag and push the image: make push-image REGISTRY=ghcr.io/you
+	@test -n "$(REGISTRY)" || { echo "make push-image: set REGISTRY, e.g. make push-image REGISTRY=ghcr.io/you" >&2; exit 2; }
+	$(DOCKER) tag $(IMAGE) $(REGISTRY)/$(IMAGE)
+	$(DOCKER) push $(REGISTRY)/$(IMAGE)
+
+stage: setup ## on a login node: fetch what a run config names into the HF cache: make stage CONFIG=jobs/llava.yaml [CACHE=/shared/hf]
+	$(VTT) stage --config $(CONFIG) $(if $(CACHE),--cache $(CACHE)) $(ARGS)
+
+# CLUSTER=local (the default): torchrun here on GPUS processes. With CLUSTER: a job of NODES nodes through `vtt submit`
+# (the jobs branch's command; its profile's env sets VTT_EXPECT_INFINIBAND=1 where the nodes have InfiniBand).
+nccl-check: setup ## all-reduce bus bandwidth, fails on a TCP fallback: make nccl-check [GPUS=2] | CLUSTER=x NODES=2
+ifeq ($(CLUSTER),local)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS) -m vtt.fabric $(ARGS)
+else
+	$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --nodes $(NODES) --gpus $(GPUS) --module vtt.fabric $(ARGS)
+endif
 
 clean: ## remove outputs/ and rendered jobs (keeps .venv)
 	rm -rf outputs jobs/rendered

@@ -17,6 +17,7 @@ COMMANDS = {
     "check": ("vtt.dsconfig", "check a DeepSpeed file against the training arguments and the GPU count"),
     "render": ("vtt.jobs", "check a run config on a cluster profile and write its job script"),
     "submit": ("vtt.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
+    "stage": ("vtt.stage", "download what a run config names into the HF cache, for offline compute nodes"),
 }
 
 
@@ -26,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(module=module)
+        sub.set_defaults(command_module=module)
         if argv[:1] == [name]:
             importlib.import_module(module).add_arguments(sub)
     args, extra = parser.parse_known_args(argv)
     try:
-        return importlib.import_module(args.module).run(args, extra) or 0
+        return importlib.import_module(args.command_module).run(args, extra) or 0
     except ValueError as err:  # bad input: one clear line, no traceback
         print(f"vtt {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ class Job:
     nodes: int
     trainer: str
     overrides: list[str] = field(default_factory=list)
+    module: str | None = None  # run this instead of the trainer (vtt.fabric for `make nccl-check`)
 
     @property
     def name(self) -> str:
@@ -174,7 +175,7 @@ def render(job: Job) -> str:
     context = {
         "job_name": job.name,
         "trainer": job.trainer,
-        "module": f"vtt.trainers.{job.trainer}",
+        "module": job.module or f"vtt.trainers.{job.trainer}",
         "nodes": job.nodes,
         "gpus": job.gpus,
         "config": job.config,
@@ -243,6 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
     parser.add_argument("--nodes", type=int, help="nodes (default: the profile's nodes)")
     parser.add_argument(
+        "--module", choices=["vtt.fabric"], help="run this module on the job's GPUs instead of the trainer"
+    )
+    parser.add_argument(
         "-o", "--out", type=Path, help="write the script here (a folder/ gets a generated name); render: stdout"
     )
 
@@ -258,6 +262,7 @@ def _out_path(job: Job, out: Path | None) -> Path:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     profile = load_profile(profile_path(args.cluster))
     job = preflight(profile, args.config, args.gpus, args.nodes, extra)
+    job.module = args.module
     text = render(job)
     if args.command == "render" and args.out is None:
         sys.stdout.write(text)

@@ -8,7 +8,6 @@ Arguments vtt does not know are passed to the trainer, which rejects any it does
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 from vtt.config import trainer_of
+from vtt.jobenv import job_environment
+from vtt.offline import require_staged_if_offline
 from vtt.paths import shipped
 from vtt.throughput import LAUNCH_TIME_ENV
 
@@ -48,7 +49,10 @@ def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], maste
 def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path | None = None) -> int:
     """Run the job here; stream its output (and tee it into `log` when given). Returns the exit code."""
     command = deepspeed_command(config, gpus, overrides)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{LAUNCH_TIME_ENV: str(time.time())})
+    # On an offline node, a model missing from the cache fails here in seconds, not after the launch.
+    require_staged_if_offline(config, overrides)
+    env = job_environment()
+    env[LAUNCH_TIME_ENV] = str(time.time())
     if log is None:
         return subprocess.run(command, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt.config import parse_run_config
 from vtt.data import llava_dataset
+from vtt.jobenv import fix_arch_list
+from vtt.offline import check_at_start
 from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
@@ -44,7 +46,10 @@ def fix_processor(processor, model_config) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
-    run, video, training = parse_run_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
+    check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
+    run, video, training = parse_run_config(argv)
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)

@@ -12,6 +12,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
+from vtt.jobenv import fix_arch_list
+from vtt.offline import check_at_start
 from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
@@ -61,7 +63,10 @@ def set_languages(tokenizer, model, src_lang: str, tgt_lang: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run, text, training = parse_run_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
+    check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
+    run, text, training = parse_run_config(argv)
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
     model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
     set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
