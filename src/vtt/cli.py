@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
     "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
+    "push": ("vtt.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
 }
 
 
