@@ -21,9 +21,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -172,9 +173,7 @@ def push_folder(
     api = HfApi(token=secret)
     try:
         with_retries(
-            lambda: api.create_repo(
-                target.repo_id, repo_type=target.repo_type, private=target.private, exist_ok=True
-            ),
+            lambda: api.create_repo(target.repo_id, repo_type=target.repo_type, private=target.private, exist_ok=True),
             f"creating {target.repo_id}",
             attempts,
             base_delay,

@@ -11,8 +11,9 @@ and can wait longer than the training group's timeout while rank 0 uploads a mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 # Rank 0 may spend hours uploading a large model while the others wait for its answer.
 WAIT = timedelta(hours=24)

@@ -12,9 +12,9 @@ import sys
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vtt import disk, hub
 from vtt.config import parse_run_config
 from vtt.data import llava_dataset
-from vtt.trainers.hub import push_if_asked
 
 
 def fix_processor(processor, model_config) -> list[str]:
@@ -41,21 +41,35 @@ def fix_processor(processor, model_config) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
-    run, video, training = parse_run_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    run, video, training = parse_run_config(argv)
+    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
+    push = hub.plan_model_push(argv, run, training, "llava")
+    disk.preflight(run, training, "llava")
+    guard = disk.guard_for(run, training, "llava")
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
     train = llava_dataset(run.dataset, video.num_frames)
     evaluation = llava_dataset(run.eval_dataset, video.num_frames) if run.eval_dataset else None
     trainer = SFTTrainer(
-        model=model, args=training, train_dataset=train, eval_dataset=evaluation, processing_class=processor
+        model=model,
+        args=training,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        callbacks=[guard],
     )
-    trainer.train()
+    result = trainer.train()
+    guard.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training.output_dir)
-    push_if_asked(trainer, training, run.hub_model_id_suffix)
+    data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
+    if evaluation is not None:
+        data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
+    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
 
 
 if __name__ == "__main__":
