@@ -42,6 +42,14 @@ class Need:
     what: str
 
 
+def size(n: float) -> str:
+    """Bytes as a person reads them: 3.9 MB, 15.2 GB."""
+    for unit, scale in (("TB", 1e12), ("GB", GB), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
+
+
 def parameter_count(model_name_or_path: str, trainer: str) -> int:
     """Parameters of the model a trainer builds, from its config only (meta device: no weights read)."""
     from accelerate import init_empty_weights
@@ -63,15 +71,15 @@ def checkpoint_bytes(params: int, training) -> tuple[int, int, str]:
     if deepspeed:
         config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
         stage = config.get("zero_optimization", {}).get("stage", 0)
-    parts = [f"{weights / GB:.2f} GB weights"]
+    parts = [f"{size(weights)} weights"]
     total = weights
     if not training.save_only_model:
         optimizer = params * (12 if deepspeed else 8)
         total += optimizer
-        parts.append(f"{optimizer / GB:.2f} GB optimizer states ({12 if deepspeed else 8} bytes/param)")
+        parts.append(f"{size(optimizer)} optimizer states ({12 if deepspeed else 8} bytes/param)")
         if deepspeed and stage < 3:
             total += weights
-            parts.append(f"{weights / GB:.2f} GB DeepSpeed module states")
+            parts.append(f"{size(weights)} DeepSpeed module states")
     return total, weights, " + ".join(parts)
 
 
@@ -107,18 +115,18 @@ def estimate(run, training, trainer: str) -> list[Need]:
     saves, limit = _saves(training), training.save_total_limit
     if saves == 0:
         kept, peak = 0, final
-        how = f"final model {final / GB:.2f} GB (save_strategy no)"
+        how = f"final model {size(final)} (save_strategy no)"
     elif limit and (saves is None or saves > limit):
         # The Trainer writes the newest checkpoint before it deletes the oldest: limit + 1 exist at once.
         kept, peak = limit, (limit + 1) * checkpoint
-        how = f"{limit + 1} checkpoints x {checkpoint / GB:.2f} GB ({breakdown}); save_total_limit={limit} + the newest"
+        how = f"{limit + 1} checkpoints x {size(checkpoint)} ({breakdown}): save_total_limit={limit} + the newest"
+        if limit > 1:
+            how += f"; save_total_limit=1 would need {size(2 * checkpoint)}"
     else:
         kept = saves if saves is not None else 1
         peak = kept * checkpoint + final
         unknown = "" if saves is not None else ", save_total_limit unset: only the first checkpoint counted"
-        how = (
-            f"{kept} checkpoint(s) x {checkpoint / GB:.2f} GB ({breakdown}) + final model {final / GB:.2f} GB{unknown}"
-        )
+        how = f"{kept} checkpoint(s) x {size(checkpoint)} ({breakdown}) + final model {size(final)}{unknown}"
     existing = sum(_folder_size(p) for p in _existing_checkpoints(output_dir)[-kept:]) if kept else 0
     needs = [Need(output_dir, max(peak - existing, 0), how)]
     model = run.model_name_or_path
@@ -129,11 +137,11 @@ def estimate(run, training, trainer: str) -> list[Need]:
         )
         if not cached:
             download = params * 2  # hub checkpoints of this size are shipped in 16-bit
-            needs.append(Need(Path(constants.HF_HUB_CACHE), download, f"download of {model} ({download / GB:.2f} GB)"))
+            needs.append(Need(Path(constants.HF_HUB_CACHE), download, f"download of {model} ({size(download)})"))
     for data in (run.dataset, run.eval_dataset):
         if data and Path(data).is_dir():  # datasets' .map() writes its processed copy beside a prepared folder
-            size = _folder_size(Path(data))
-            needs.append(Need(Path(data), size, f"processed copy of {data} ({size / GB:.2f} GB)"))
+            copy = _folder_size(Path(data))
+            needs.append(Need(Path(data), copy, f"processed copy of {data} ({size(copy)})"))
     return needs
 
 
@@ -155,9 +163,7 @@ def check_fits(needs: list[Need]) -> None:
         total = sum(n.bytes for n in group)
         if total > free:
             items = "; ".join(f"{n.path}: {n.what}" for n in group)
-            problems.append(
-                f"needs {total / GB:.3f} GB, {free / GB:.3f} GB free on the file system of {group[0].path} ({items})"
-            )
+            problems.append(f"needs {size(total)}, {size(free)} free on the file system of {group[0].path} ({items})")
     if problems:
         raise ValueError(
             "not enough disk space for this run: "
@@ -220,8 +226,8 @@ class SaveGuard(TrainerCallback):
             done = [p.name for p in _existing_checkpoints(output_dir)]
             what = "checkpoint" if control.should_save else "final model"
             problem = (
-                f"stopped at step {state.global_step}: the next {what} needs {need / GB:.3f} GB, "
-                f"{free / GB:.3f} GB free on the file system of {output_dir}. The last complete checkpoint "
+                f"stopped at step {state.global_step}: the next {what} needs {size(need)}, "
+                f"{size(free)} free on the file system of {output_dir}. The last complete checkpoint "
                 f"is kept: {done[-1] if done else 'none'} (resume from it). Free space, lower save_total_limit "
                 f"or move output_dir, then rerun."
             )
