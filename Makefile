@@ -12,7 +12,7 @@ NODES   ?= 1
 CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 
-.PHONY: help setup demo test lint format local clean
+.PHONY: help setup demo test lint format local push clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ demo: setup ## train both tiny models here on synthetic videos and print their l
 
 local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make local TRAINER=llava GPUS=1
 	$(VTT) run --config $(CONFIG) --gpus $(GPUS) $(ARGS)
+
+push: setup ## upload a run's final model (or a prepared dataset) to the Hub again: make push RUN=outputs/runs/llava
+	$(VTT) push $(RUN) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -141,7 +141,8 @@ def test_trainer_pushes_final_model_with_card_from_rank_zero_only(demo_inputs, t
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(uploaded)
     assert not [name for name in uploaded if name.startswith("checkpoint-")]
     card = uploaded["README.md"].decode()
-    assert "learning_rate: 0.003" in card  # the run config
+    assert "learning_rate: 0.003" in card and "max_steps: 2" in card  # the run config, with overrides
+    assert "local_rank" not in card
     assert "train_samples: 8" in card  # the data
     assert "| train_loss |" in card  # the final metrics
     assert hub.repos["model:tester/video-text-model"]["private"] is True
@@ -165,3 +166,21 @@ def test_failed_trainer_push_keeps_model_and_prints_the_retry_command(demo_input
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| train_loss |" in hub.files["model:someone/else"]["README.md"].decode()
     assert_token_nowhere(done, out)
+
+
+def test_prepared_dataset_goes_to_a_private_dataset_repo_named_as_the_seed(tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "prepared"
+    Dataset.from_list([{"source": "what colour?", "target": "red"}]).save_to_disk(str(folder))
+    code = f"from vtt.hub import push_dataset; print(push_dataset({str(folder)!r}))"
+    with FakeHub(TOKEN) as hub:
+        env = hub_env(hub, tmp_path)
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        again = vtt(["push", str(folder)], env)  # the retry command finds the dataset repo recorded
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert hub.repos["dataset:tester/video-text-dataset"]["private"] is True
+    assert {"dataset_info.json", "state.json"} <= set(hub.files["dataset:tester/video-text-dataset"])
+    assert hub.calls("commit") == [200, 200]
+    assert_token_nowhere(done, folder)

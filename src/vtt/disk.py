@@ -16,6 +16,7 @@ parameter under DeepSpeed (fp32 master weights + Adam's two moments), 8 without 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ def size(n: float) -> str:
     return f"{n / 1e3:.1f} kB"
 
 
+@functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start
 def parameter_count(model_name_or_path: str, trainer: str) -> int:
     """Parameters of the model a trainer builds, from its config only (meta device: no weights read)."""
     from accelerate import init_empty_weights

@@ -242,11 +242,16 @@ def run_config_of(argv: list[str]) -> dict[str, Any]:
         values.update(read_yaml(argv[argv.index("--config") + 1]))
     i = 0
     while i < len(argv):
-        if argv[i].startswith("--") and argv[i] != "--config" and i + 1 < len(argv):
-            values[argv[i][2:]] = yaml.safe_load(argv[i + 1])
-            i += 2
+        arg = argv[i]
+        if arg.startswith("--") and "=" in arg:  # the launcher's --local_rank=0 form
+            key, value, i = arg[2:].split("=", 1)[0], arg.split("=", 1)[1], i + 1
+        elif arg.startswith("--") and i + 1 < len(argv):
+            key, value, i = arg[2:], argv[i + 1], i + 2
         else:
-            i += 2 if argv[i] == "--config" else 1
+            i += 1
+            continue
+        if key not in ("config", "local_rank"):  # where the config came from, and which process read it
+            values[key] = yaml.safe_load(value)
     return values
 
 
