@@ -64,8 +64,27 @@ def parameter_count(model_name_or_path: str, trainer: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def checkpoint_bytes(params: int, training) -> tuple[int, int, str]:
-    """(checkpoint, final model, breakdown) in bytes for `params` parameters under these arguments."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+# Beside the weights a checkpoint holds the tokenizer/processor files, configs, RNG states and
+# DeepSpeed's zero_to_fp32.py (~64 kB). A hub model's tokenizer is not known before download: 20 MB
+# covers the large ones (NLLB's tokenizer.json is ~17 MB).
+SCRIPTS_AND_STATES = 64_000
+HUB_SMALL_FILES = 20_000_000
+
+
+def small_files(model_name_or_path: str) -> int:
+    """Bytes of everything but the weights in a model folder (tokenizer, processor, configs)."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return HUB_SMALL_FILES
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.suffix not in WEIGHT_SUFFIXES)
+
+
+def checkpoint_bytes(params: int, training, extra: int = 0) -> tuple[int, int, str]:
+    """(checkpoint, final model, breakdown) in bytes for `params` parameters under these arguments.
+
+    `extra`: the model's small files (small_files()), saved with every checkpoint and the final model.
+    """
     deepspeed = training.deepspeed
     half = training.bf16 or training.fp16
     weights = params * (2 if deepspeed and half else 4)
@@ -82,7 +101,9 @@ def checkpoint_bytes(params: int, training) -> tuple[int, int, str]:
         if deepspeed and stage < 3:
             total += weights
             parts.append(f"{size(weights)} DeepSpeed module states")
-    return total, weights, " + ".join(parts)
+    total += extra + SCRIPTS_AND_STATES
+    parts.append(f"{size(extra + SCRIPTS_AND_STATES)} tokenizer, configs, states")
+    return total, weights + extra, " + ".join(parts)
 
 
 def _saves(training) -> int | None:
@@ -112,7 +133,7 @@ def estimate(run, training, trainer: str) -> list[Need]:
     from huggingface_hub import constants, try_to_load_from_cache
 
     params = parameter_count(run.model_name_or_path, trainer)
-    checkpoint, final, breakdown = checkpoint_bytes(params, training)
+    checkpoint, final, breakdown = checkpoint_bytes(params, training, small_files(run.model_name_or_path))
     output_dir = Path(training.output_dir)
     saves, limit = _saves(training), training.save_total_limit
     if saves == 0:
@@ -254,7 +275,7 @@ class SaveGuard(TrainerCallback):
 def guard_for(run, training, trainer: str) -> SaveGuard:
     """A SaveGuard sized from the estimate (used until the first checkpoint can be measured)."""
     params = ranks.from_rank0(lambda: parameter_count(run.model_name_or_path, trainer))
-    checkpoint, final, _ = checkpoint_bytes(params, training)
+    checkpoint, final, _ = checkpoint_bytes(params, training, small_files(run.model_name_or_path))
     return SaveGuard(checkpoint, final)
 
 
