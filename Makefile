@@ -13,7 +13,7 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check render submit clean image sif push-image stage nccl-check
+.PHONY: help setup demo test lint format local check render submit push clean image sif push-image stage nccl-check
 # Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= vtt:$(VERSION)
@@ -56,6 +56,8 @@ render: setup ## write a job script under jobs/rendered/, print its path: make r
 
 submit: setup ## render and sbatch it, print the job id and log: make submit CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
 	@$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(ARGS)
+push: setup ## upload a run's final model (or a prepared dataset) to the Hub again: make push RUN=outputs/runs/llava
+	$(VTT) push $(RUN) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -18,6 +18,7 @@ COMMANDS = {
     "render": ("vtt.jobs", "check a run config on a cluster profile and write its job script"),
     "submit": ("vtt.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
     "stage": ("vtt.stage", "download what a run config names into the HF cache, for offline compute nodes"),
+    "push": ("vtt.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
 }
 
 

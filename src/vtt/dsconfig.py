@@ -603,7 +603,21 @@ def check_run(
     mem_errors, mem_warnings = _memory_problems(report.memory)
     report.errors += mem_errors
     report.warnings += mem_warnings
+    if run is not None and params is not None:
+        report.errors += _disk_problems(run, args, str(config))
     return report
+
+
+def _disk_problems(run, args, config: str) -> list[Problem]:
+    """The run's checkpoints and final model against the free space where they will be written."""
+    from vtt import disk
+
+    try:
+        disk.check_fits(disk.estimate(run, args, run.trainer))
+    except ValueError as err:
+        detail, _, fix = str(err).partition(". Fix: ")
+        return [Problem("output_dir", args.output_dir, None, fix, "vtt", detail=detail, file=config)]
+    return []
 
 
 def _sized(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:

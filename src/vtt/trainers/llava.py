@@ -12,12 +12,12 @@ import sys
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vtt import disk, hub
 from vtt.config import parse_run_config
 from vtt.data import llava_dataset
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
 from vtt.throughput import ThroughputCallback
-from vtt.trainers.hub import push_if_asked
 
 
 def fix_processor(processor, model_config) -> list[str]:
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
     run, video, training = parse_run_config(argv)
+    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
+    push = hub.plan_model_push(argv, run, training, "llava")
+    disk.preflight(run, training, "llava")
+    guard = disk.guard_for(run, training, "llava")
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
@@ -61,14 +65,18 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[ThroughputCallback()],
+        callbacks=[ThroughputCallback(), guard],
     )
-    trainer.train()
+    result = trainer.train()
+    guard.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training.output_dir)
-    push_if_asked(trainer, training, run.hub_model_id_suffix)
+    data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
+    if evaluation is not None:
+        data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
+    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
 
 
 if __name__ == "__main__":

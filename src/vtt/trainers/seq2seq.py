@@ -10,12 +10,12 @@ import sys
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+from vtt import disk, hub
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
 from vtt.throughput import ThroughputCallback
-from vtt.trainers.hub import push_if_asked
 
 
 def token_sum_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
     run, text, training = parse_run_config(argv)
+    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
+    push = hub.plan_model_push(argv, run, training, "seq2seq")
+    disk.preflight(run, training, "seq2seq")
+    guard = disk.guard_for(run, training, "seq2seq")
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
     model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
     set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
@@ -83,22 +87,28 @@ def main(argv: list[str] | None = None) -> None:
         data = seq2seq_dataset(path)
         return data.map(tokenize, batched=True, remove_columns=data.column_names)
 
+    train = prepare(run.dataset)
+    evaluation = prepare(run.eval_dataset) if run.eval_dataset else None
     trainer = Seq2SeqTrainer(
         model=model,
         args=training,
-        train_dataset=prepare(run.dataset),
-        eval_dataset=prepare(run.eval_dataset) if run.eval_dataset else None,
+        train_dataset=train,
+        eval_dataset=evaluation,
         data_collator=with_decoder_inputs(DataCollatorForSeq2Seq(tokenizer, model=model), model.config),
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
-        callbacks=[ThroughputCallback()],
+        callbacks=[ThroughputCallback(), guard],
     )
-    trainer.train()
+    result = trainer.train()
+    guard.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
         model.generation_config.save_pretrained(training.output_dir)
-    push_if_asked(trainer, training, run.hub_model_id_suffix)
+    data = {"dataset": run.dataset, "train_samples": len(train), "src_lang": text.src_lang, "tgt_lang": text.tgt_lang}
+    if evaluation is not None:
+        data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
+    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
 
 
 if __name__ == "__main__":
