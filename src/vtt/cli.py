@@ -14,6 +14,9 @@ import sys
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
     "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
+    "predict": ("vtt.predict", "answer questions about videos with a trained model, written as JSONL"),
+    "eval": ("vtt.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
+    "report": ("vtt.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),
 }
 
 

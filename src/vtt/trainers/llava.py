@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt.config import parse_run_config
 from vtt.data import llava_dataset
+from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[ThroughputCallback()],
+        callbacks=[ThroughputCallback(), RunRecord("llava", run, video)],
     )
     trainer.train()
     trainer.save_model()
@@ -64,6 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         processor.save_pretrained(training.output_dir)
     push_if_asked(trainer, training, run.hub_model_id_suffix)
+    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
+        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
+        from vtt.evaluate import evaluate_model
+
+        evaluate_model(
+            training.output_dir,
+            run.eval_dataset,
+            batch_size=training.per_device_eval_batch_size,
+            device="cpu" if training.use_cpu else None,
+            num_frames=video.num_frames,
+        )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
+from vtt.metrics import score
+from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 from vtt.trainers.hub import push_if_asked
 
@@ -60,6 +63,21 @@ def set_languages(tokenizer, model, src_lang: str, tgt_lang: str) -> None:
     model.generation_config.forced_bos_token_id = tokenizer.convert_tokens_to_ids(tgt_lang)
 
 
+def generation_metrics(tokenizer):
+    """compute_metrics for predict_with_generate: BLEU, chrF, exact match of the decoded generations."""
+
+    def compute(prediction) -> dict[str, float]:
+        # -100 marks label padding (and padding of generations gathered across processes): not a token id.
+        generated = np.where(prediction.predictions != -100, prediction.predictions, tokenizer.pad_token_id)
+        labels = np.where(prediction.label_ids != -100, prediction.label_ids, tokenizer.pad_token_id)
+        return score(
+            [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)],
+            [text.strip() for text in tokenizer.batch_decode(labels, skip_special_tokens=True)],
+        )
+
+    return compute
+
+
 def main(argv: list[str] | None = None) -> None:
     run, text, training = parse_run_config(sys.argv[1:] if argv is None else argv)
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
@@ -86,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         data_collator=with_decoder_inputs(DataCollatorForSeq2Seq(tokenizer, model=model), model.config),
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
-        callbacks=[ThroughputCallback()],
+        compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
+        callbacks=[ThroughputCallback(), RunRecord("seq2seq", run, text)],
     )
     trainer.train()
     trainer.save_model()
@@ -94,6 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         model.generation_config.save_pretrained(training.output_dir)
     push_if_asked(trainer, training, run.hub_model_id_suffix)
+    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
+        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
+        from vtt.evaluate import evaluate_model
+
+        evaluate_model(
+            training.output_dir,
+            run.eval_dataset,
+            batch_size=training.per_device_eval_batch_size,
+            device="cpu" if training.use_cpu else None,
+            max_new_tokens=text.max_target_length,
+        )
 
 
 if __name__ == "__main__":
