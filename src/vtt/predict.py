@@ -201,11 +201,13 @@ def answerer(
     num_frames: int | None = None,
     src_lang: str | None = None,
     tgt_lang: str | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
 ) -> LlavaAnswerer | Seq2SeqAnswerer:
     """The model loaded for generation, with the trainer's recorded settings unless given here."""
     saved = saved_settings(model)
     device = device_for(device)
+    # A caption as long as the seq2seq trainer let targets be; llava answers get a fixed budget.
+    max_new_tokens = max_new_tokens or saved.get("max_target_length", DEFAULT_MAX_NEW_TOKENS)
     if trainer == "llava":
         return LlavaAnswerer(model, device, dtype, num_frames or saved.get("num_frames", 5), max_new_tokens)
     return Seq2SeqAnswerer(
@@ -254,7 +256,11 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="samples generated together")
     parser.add_argument("--device", help="torch device, e.g. cuda:1 or cpu (default: the GPU when there is one)")
     parser.add_argument("--dtype", default="auto", help="weights dtype: auto (as saved), bfloat16, float32, ...")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"longest answer in tokens (default: seq2seq max_target_length as trained, else {DEFAULT_MAX_NEW_TOKENS})",
+    )
     parser.add_argument("--num-frames", type=int, help="llava: frames per video (default: as trained, else 5)")
     parser.add_argument("--src-lang", help="seq2seq: NLLB code of the question (default: as trained, else eng_Latn)")
     parser.add_argument("--tgt-lang", help="seq2seq: NLLB code of the answer (default: as trained, else eng_Latn)")
