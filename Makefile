@@ -11,8 +11,10 @@ GPUS    ?= 1
 NODES   ?= 1
 CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
+RUN     ?= outputs/demo/runs/tiny-$(TRAINER)
+DATA    ?= outputs/demo/videos/manifest.jsonl
 
-.PHONY: help setup demo test lint format local clean
+.PHONY: help setup demo test lint format local clean predict eval report
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +33,15 @@ demo: setup ## train both tiny models here on synthetic videos and print their l
 
 local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make local TRAINER=llava GPUS=1
 	$(VTT) run --config $(CONFIG) --gpus $(GPUS) $(ARGS)
+
+predict: setup ## answer DATA's questions with the model in RUN, into RUN/predictions.jsonl: make predict RUN=...
+	$(VTT) predict --model $(RUN) --manifest $(DATA) --out $(RUN)/predictions.jsonl $(ARGS)
+
+eval: setup ## score RUN's answers on DATA (BLEU, chrF, exact match): make eval RUN=... DATA=held-out.jsonl
+	$(VTT) eval --model $(RUN) --data $(DATA) $(ARGS)
+
+report: setup ## write RUN/report.html: loss and learning-rate curves, configs, sample predictions
+	$(VTT) report $(RUN) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench
