@@ -13,7 +13,7 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check render submit push clean image sif push-image stage nccl-check
+.PHONY: help setup demo test lint format local check render submit push clean predict eval report image sif push-image stage nccl-check
 # Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= vtt:$(VERSION)
@@ -23,6 +23,9 @@ APPTAINER  ?= apptainer
 CUDA_IMAGE ?=
 ARCHS      ?=
 CACHE      ?=
+
+RUN     ?= outputs/demo/runs/tiny-$(TRAINER)
+DATA    ?= outputs/demo/videos/manifest.jsonl
 
 
 help: ## list every target
@@ -58,6 +61,14 @@ submit: setup ## render and sbatch it, print the job id and log: make submit CLU
 	@$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(ARGS)
 push: setup ## upload a run's final model (or a prepared dataset) to the Hub again: make push RUN=outputs/runs/llava
 	$(VTT) push $(RUN) $(ARGS)
+predict: setup ## answer DATA's questions with the model in RUN, into RUN/predictions.jsonl: make predict RUN=...
+	$(VTT) predict --model $(RUN) --manifest $(DATA) --out $(RUN)/predictions.jsonl $(ARGS)
+
+eval: setup ## score RUN's answers on DATA (BLEU, chrF, exact match): make eval RUN=... DATA=held-out.jsonl
+	$(VTT) eval --model $(RUN) --data $(DATA) $(ARGS)
+
+report: setup ## write RUN/report.html: loss and learning-rate curves, configs, sample predictions
+	$(VTT) report $(RUN) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

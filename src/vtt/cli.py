@@ -19,6 +19,9 @@ COMMANDS = {
     "submit": ("vtt.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
     "stage": ("vtt.stage", "download what a run config names into the HF cache, for offline compute nodes"),
     "push": ("vtt.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
+    "predict": ("vtt.predict", "answer questions about videos with a trained model, written as JSONL"),
+    "eval": ("vtt.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
+    "report": ("vtt.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),
 }
 
 

@@ -39,6 +39,13 @@ class RunArguments:
             "from it: global_batch_size / (per_device_train_batch_size x world size)."
         },
     )
+    generate_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "With eval_dataset: after training, rank 0 generates answers for it and scores them "
+            "(BLEU, chrF, exact match) into output_dir/eval_generation.json, as `vtt eval` does."
+        },
+    )
     hub_model_id_suffix: str | None = field(
         default=None, metadata={"help": "Repo name under $HF_USER_ID when push_to_hub is on and hub_model_id is not."}
     )

@@ -50,8 +50,11 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def read_manifest(path: str | Path) -> list[Sample]:
-    """Every sample of a manifest, video paths made absolute; a ValueError names a bad line and field."""
+def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
+    """Every sample of a manifest, video paths made absolute; a ValueError names a bad line and field.
+
+    With answers=False (questions to predict) a line may leave out its answer: it is then "".
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest")
@@ -60,9 +63,10 @@ def read_manifest(path: str | Path) -> list[Sample]:
         row = dict(row)
         if "answer" not in row and "caption" in row:
             row["answer"] = row.pop("caption")
-        missing = [key for key in REQUIRED if not row.get(key)]
+        required = REQUIRED if answers else REQUIRED[:2]
+        missing = [key for key in required if not row.get(key)]
         if missing:
-            raise ValueError(f"{path}:{line}: missing {', '.join(missing)}; every line needs {', '.join(REQUIRED)}")
+            raise ValueError(f"{path}:{line}: missing {', '.join(missing)}; every line needs {', '.join(required)}")
         tags = row.get("tags") or []
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.replace(";", ",").split(",") if t.strip()]
@@ -74,7 +78,7 @@ def read_manifest(path: str | Path) -> list[Sample]:
                 line=line,
                 video=video,
                 question=str(row["question"]),
-                answer=str(row["answer"]),
+                answer=str(row.get("answer") or ""),
                 id=str(row.get("id") or line),
                 title=str(row.get("title") or ""),
                 description=str(row.get("description") or ""),

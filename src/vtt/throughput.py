@@ -71,6 +71,9 @@ class ThroughputCallback(TrainerCallback):
             for key in ("tokens_per_second_per_gpu", "data_wait_share"):
                 if key in summary:
                     logs[key] = summary[key]
+                    # The Trainer appended this log to log_history before calling us: keep the two the same.
+                    if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                        state.log_history[-1][key] = summary[key]
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

@@ -17,6 +17,7 @@ from vtt.config import parse_run_config
 from vtt.data import llava_dataset
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
+from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[ThroughputCallback(), guard],
+        callbacks=[ThroughputCallback(), guard, RunRecord("llava", run, video)],
     )
     result = trainer.train()
     guard.exit_if_stopped()
@@ -76,6 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
     if evaluation is not None:
         data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
+    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
+        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
+        from vtt.evaluate import evaluate_model
+
+        evaluate_model(
+            training.output_dir,
+            run.eval_dataset,
+            batch_size=training.per_device_eval_batch_size,
+            device="cpu" if training.use_cpu else None,
+            num_frames=video.num_frames,
+        )
     hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
 
 

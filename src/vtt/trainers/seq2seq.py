@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
@@ -15,6 +16,8 @@ from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
+from vtt.metrics import score
+from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 
 
@@ -62,6 +65,21 @@ def set_languages(tokenizer, model, src_lang: str, tgt_lang: str) -> None:
     model.generation_config.forced_bos_token_id = tokenizer.convert_tokens_to_ids(tgt_lang)
 
 
+def generation_metrics(tokenizer):
+    """compute_metrics for predict_with_generate: BLEU, chrF, exact match of the decoded generations."""
+
+    def compute(prediction) -> dict[str, float]:
+        # -100 marks label padding (and padding of generations gathered across processes): not a token id.
+        generated = np.where(prediction.predictions != -100, prediction.predictions, tokenizer.pad_token_id)
+        labels = np.where(prediction.label_ids != -100, prediction.label_ids, tokenizer.pad_token_id)
+        return score(
+            [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)],
+            [text.strip() for text in tokenizer.batch_decode(labels, skip_special_tokens=True)],
+        )
+
+    return compute
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
@@ -97,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         data_collator=with_decoder_inputs(DataCollatorForSeq2Seq(tokenizer, model=model), model.config),
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
-        callbacks=[ThroughputCallback(), guard],
+        compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
+        callbacks=[ThroughputCallback(), guard, RunRecord("seq2seq", run, text)],
     )
     result = trainer.train()
     guard.exit_if_stopped()
@@ -108,6 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     data = {"dataset": run.dataset, "train_samples": len(train), "src_lang": text.src_lang, "tgt_lang": text.tgt_lang}
     if evaluation is not None:
         data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
+    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
+        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
+        from vtt.evaluate import evaluate_model
+
+        evaluate_model(
+            training.output_dir,
+            run.eval_dataset,
+            batch_size=training.per_device_eval_batch_size,
+            device="cpu" if training.use_cpu else None,
+            max_new_tokens=text.max_target_length,
+        )
     hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
 
 
