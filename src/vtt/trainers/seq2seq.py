@@ -15,8 +15,8 @@ from vtt import disk, hub
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
 from vtt.jobenv import fix_arch_list
-from vtt.offline import check_at_start
 from vtt.metrics import score
+from vtt.offline import check_at_start
 from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 
