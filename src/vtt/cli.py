@@ -1,6 +1,6 @@
 """The `vtt` command: one subcommand per step, each living in the module that owns it.
 
-    vtt demo | vtt run --config jobs/tiny-llava.yaml --gpus 1 | vtt <command> --help
+vtt demo | vtt run --config jobs/tiny-llava.yaml --gpus 1 | vtt <command> --help
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
     "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
+    "prepare": ("vtt.prepare", "videos + manifest -> a dataset on disk in a trainer's format (frames decoded once)"),
 }
 
 

@@ -47,7 +47,7 @@ class VideoArguments:
 
     num_frames: int = field(default=5, metadata={"help": "Frames sampled uniformly from each clip."})
     fps: float | None = field(
-        default=None, metadata={"help": "Sample this many frames a second instead of num_frames (capped by max_frames)."}
+        default=None, metadata={"help": "Frames a second to sample instead of num_frames (capped by max_frames)."}
     )
     max_frames: int | None = field(default=None, metadata={"help": "At most this many frames with fps sampling."})
     video_backend: str = field(
@@ -165,5 +165,5 @@ def parse_run_config(argv: list[str], world: int | None = None, use_cpu: bool | 
             )
         if steps != training.gradient_accumulation_steps:
             # Parse again so TrainingArguments (and the DeepSpeed "auto" values it fills) see the derived value.
-            run, task, training = parser.parse_args_and_config(argv + ["--gradient_accumulation_steps", str(steps)])
+            run, task, training = parser.parse_args_and_config([*argv, "--gradient_accumulation_steps", str(steps)])
     return run, task, training

@@ -51,6 +51,7 @@ class Reject:
     line: int
     video: str
     reason: str
+    kind: str = ""  # the reason without its file name, to count alike rejects together
 
     def json(self) -> str:
         return json.dumps(asdict(self))
@@ -83,7 +84,7 @@ def manifest_entries(path: str | Path) -> tuple[list[Sample], list[Reject]]:
         missing = [key for key in REQUIRED if not row.get(key)]
         if missing:
             reason = f"missing {', '.join(missing)}; every line needs {', '.join(REQUIRED)}"
-            rejects.append(Reject(line, str(row.get("video") or ""), reason))
+            rejects.append(Reject(line, str(row.get("video") or ""), reason, "missing fields"))
             continue
         tags = row.get("tags") or []
         if isinstance(tags, str):
@@ -184,14 +185,15 @@ class DecodeFrames:
         frames = [self.frames(json.loads(refs[0])) for refs in batch["images"]]
         batch["images"] = [[Image.fromarray(frame) for frame in clip] for clip in frames]
         # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
-        batch["prompt"] = [with_image_parts(prompt, len(clip)) for prompt, clip in zip(batch["prompt"], frames)]
+        prompts = zip(batch["prompt"], frames, strict=True)
+        batch["prompt"] = [with_image_parts(prompt, len(clip)) for prompt, clip in prompts]
         return batch
 
     def frames(self, ref: dict[str, Any]) -> list:
         try:
             return read_frames(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
         except (VideoError, DownloadError) as err:
-            report(Reject(ref["line"], ref["video"], str(err)), self.rejects)
+            report(Reject(ref["line"], ref["video"], str(err), err.cause), self.rejects)
             return []
 
 
@@ -234,7 +236,7 @@ def llava_dataset(
     kept = []
     for sample in samples:
         if not is_url(sample.video) and not Path(sample.video).is_file():
-            rejected.append(Reject(sample.line, sample.video, f"{sample.video}: no such file"))
+            rejected.append(Reject(sample.line, sample.video, f"{sample.video}: no such file", "no such file"))
         else:
             kept.append(sample)
     if os.environ.get("RANK", "0") == "0":  # every process reads the manifest; one reports it

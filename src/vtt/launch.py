@@ -50,9 +50,10 @@ def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path
     if log is None:
         return subprocess.run(command, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as sink, subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
+    with (
+        log.open("w") as sink,
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         for line in proc.stdout:
             sink.write(line)
             sys.stdout.write(line)

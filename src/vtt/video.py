@@ -81,14 +81,6 @@ class Sampling:
         return min(wanted, self.max_frames) if self.max_frames else wanted
 
 
-def uniform_indices(frame_count: int, num_frames: int) -> list[int]:
-    """`num_frames` indices spread evenly over `frame_count` frames, each the middle of its span."""
-    if frame_count < 1:
-        raise ValueError(f"frame_count must be at least 1, got {frame_count}")
-    spans = np.linspace(0, frame_count, num_frames + 1)
-    return sorted({min(int((a + b) / 2), frame_count - 1) for a, b in zip(spans[:-1], spans[1:], strict=True)})
-
-
 def span_middles(start: float, end: float, count: int) -> list[float]:
     """The middle time of each of `count` equal spans of [start, end)."""
     step = (end - start) / count
@@ -270,7 +262,8 @@ def _segment(path: Path, sampling: Sampling, duration: float) -> tuple[float, fl
     start = max(0.0, sampling.start or 0.0)
     end = duration if sampling.end is None else min(sampling.end, duration)
     if start >= end:
-        raise VideoError(path, f"the segment [{sampling.start}, {sampling.end}] s is outside the clip ({duration:.2f} s)")
+        segment = f"[{sampling.start}, {sampling.end}] s"
+        raise VideoError(path, f"the segment {segment} is outside the clip ({duration:.2f} s long)")
     return start, end
 
 

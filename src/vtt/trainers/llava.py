@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     if training.process_index == 0:
         rejects.unlink(missing_ok=True)  # this run's rejects only
     train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio)
-    evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio) if run.eval_dataset else None
+    evaluation = None
+    if run.eval_dataset:
+        evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio)
     trainer = SFTTrainer(
         model=model, args=training, train_dataset=train, eval_dataset=evaluation, processing_class=processor
     )

@@ -1,6 +1,6 @@
 """Fine-tune a seq2seq model (NLLB by default) on question + video metadata -> caption.
 
-    deepspeed --num_gpus 4 --module vtt.trainers.seq2seq --config jobs/seq2seq.yaml [--name value ...]
+deepspeed --num_gpus 4 --module vtt.trainers.seq2seq --config jobs/seq2seq.yaml [--name value ...]
 """
 
 from __future__ import annotations
