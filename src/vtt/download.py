@@ -48,6 +48,10 @@ def cached_path(url: str, cache: Path) -> Path:
 
 def fetch(url: str, cache: Path, policy: DownloadPolicy | None = None) -> Path:
     """The local copy of `url`, downloading it first when the cache lacks it; DownloadError on failure."""
+    return _fetch(url, cache, policy)
+
+
+def _fetch(url: str, cache: Path, policy: DownloadPolicy | None = None) -> Path:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import http_stream_backoff

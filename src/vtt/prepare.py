@@ -21,7 +21,7 @@ import os
 import shutil
 import zipfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )
     cache = (args.cache or out.with_name(out.name + ".cache")).resolve()
     policy = DownloadPolicy(args.retries, timeout=args.timeout, max_bytes=int(args.max_download_mb * 2**20))
-    local, failed = download_all(samples, cache / "downloads", policy, args.workers)
-    rejects += failed
-    frames, failed = decode_all(local, sampling, cache / "frames", args.workers)
+    frames, failed = decode_all(samples, sampling, cache, policy, args.workers)
     rejects += failed
     rows, lengths = [], []
     for sample in samples:
@@ -100,45 +98,33 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     return summarize(total, rejects, args.max_reject_ratio, out)
 
 
-def download_all(
-    samples: list[Sample], cache: Path, policy: DownloadPolicy, workers: int
-) -> tuple[dict[int, tuple[Sample, Path]], list[Reject]]:
-    """Each sample's local video (URLs fetched once each, in threads) and the samples whose fetch failed."""
-    urls = sorted({s.video for s in samples if is_url(s.video)})
-    fetched: dict[str, Path | DownloadError] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {pool.submit(fetch, url, cache, policy): url for url in urls}
-        for future in as_completed(futures):
-            try:
-                fetched[futures[future]] = future.result()
-            except DownloadError as err:
-                fetched[futures[future]] = err
-    local, rejects = {}, []
-    for sample in samples:
-        path = fetched[sample.video] if is_url(sample.video) else Path(sample.video)
-        if isinstance(path, DownloadError):
-            rejects.append(Reject(sample.line, sample.video, f"download failed: {path}", "download failed"))
-        else:
-            local[sample.line] = (sample, path)
-    return local, rejects
+def frames_key(video: str, sampling: Sampling) -> str:
+    """Names a clip's decoded frames: the video (a URL, or a path with its size and mtime) and the sampling."""
+    stamp = ""
+    if not is_url(video):
+        try:
+            stat = Path(video).stat()
+            stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+    return hashlib.sha256(f"{video}|{stamp}|{sampling!r}".encode()).hexdigest()[:32]
 
 
-def frames_key(path: Path, sampling: Sampling) -> str:
-    """Names a clip's decoded frames: the file (path, size, mtime) and the sampling settings."""
-    try:
-        stat = path.stat()
-        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    except OSError:
-        stamp = "missing"
-    return hashlib.sha256(f"{path}|{stamp}|{sampling!r}".encode()).hexdigest()[:32]
+def decode_to_cache(
+    video: str, sampling: Sampling, target: Path, downloads: Path, policy: DownloadPolicy
+) -> tuple[str, str] | None:
+    """Fetch (URLs) and decode one clip into a zip of PNG frames, written whole then renamed.
 
-
-def decode_to_cache(path: Path, sampling: Sampling, target: Path) -> tuple[str, str] | None:
-    """Decode one clip into a zip of PNG frames (written whole, then renamed); (error, cause) on failure."""
+    Runs in a worker process: each downloads with its own HTTP client (huggingface_hub's is shared
+    between the threads of a process and closed by any of them after a connection error).
+    Returns (reason, kind) when the clip cannot be used.
+    """
     import cv2
 
     try:
-        frames = read_frames(path, sampling)
+        frames = read_frames(fetch(video, downloads, policy) if is_url(video) else Path(video), sampling)
+    except DownloadError as err:
+        return f"download failed: {err}", "download failed"
     except VideoError as err:
         return str(err), err.cause
     partial = target.with_name(f"{target.name}.part-{os.getpid()}")
@@ -157,23 +143,25 @@ def read_pngs(archive: Path) -> list[bytes]:
 
 
 def decode_all(
-    local: dict[int, tuple[Sample, Path]], sampling: Sampling, cache: Path, workers: int
+    samples: list[Sample], sampling: Sampling, cache: Path, policy: DownloadPolicy, workers: int
 ) -> tuple[dict[int, Path], list[Reject]]:
-    """Decode every clip not in the cache, in worker processes with a progress bar."""
+    """Decode every clip not in `cache`/frames, in worker processes with a progress bar."""
     from tqdm import tqdm
 
-    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "frames").mkdir(parents=True, exist_ok=True)
+    local = {s.line: s for s in samples}
     done, todo, rejects = {}, {}, []
-    for line, (_, path) in local.items():
-        target = cache / f"{frames_key(path, sampling)}.zip"
-        (done if target.is_file() else todo)[line] = target
-    print(f"vtt prepare: {len(done)} clips already decoded in {cache}, {len(todo)} to decode")
+    for sample in samples:
+        target = cache / "frames" / f"{frames_key(sample.video, sampling)}.zip"
+        (done if target.is_file() else todo)[sample.line] = target
+    print(f"vtt prepare: {len(done)} clips already decoded in {cache / 'frames'}, {len(todo)} to decode")
     if todo:
         # spawn: OpenCV's and FFmpeg's threads do not survive fork safely.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
             futures = {
-                pool.submit(decode_to_cache, local[line][1], sampling, target): line for line, target in todo.items()
+                pool.submit(decode_to_cache, local[line].video, sampling, target, cache / "downloads", policy): line
+                for line, target in todo.items()
             }
             for future in tqdm(as_completed(futures), total=len(futures), desc="decoding", unit="clip"):
                 line = futures[future]
@@ -181,7 +169,7 @@ def decode_all(
                 if error is None:
                     done[line] = todo[line]
                 else:
-                    rejects.append(Reject(line, local[line][0].video, *error))
+                    rejects.append(Reject(line, local[line].video, *error))
     return done, rejects
 
 
@@ -228,12 +216,13 @@ def write_atomically(out: Path, rows: list[dict[str, Any]], features, rejects: l
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
     staging.mkdir(parents=True)
-    # Rows are built from a generator into an Arrow cache inside the staging folder, not held twice.
-    data = Dataset.from_generator(
-        _rows, gen_kwargs={"rows": rows}, features=features, cache_dir=str(staging / "arrow-cache")
-    )
-    data.save_to_disk(str(staging / "dataset"))
     final = staging / "dataset"
+    if rows:  # through an Arrow cache inside the staging folder, not ~/.cache
+        cache = str(staging / "arrow-cache")
+        data = Dataset.from_generator(_rows, gen_kwargs={"rows": rows}, features=features, cache_dir=cache)
+        data.save_to_disk(str(final))
+    else:  # every sample rejected: the folder holds rejects.jsonl only (datasets cannot save 0 nested rows)
+        final.mkdir()
     (final / "rejects.jsonl").write_text("".join(r.json() + "\n" for r in sorted(rejects, key=lambda r: r.line)))
     previous = out.with_name(f".{out.name}.previous")
     shutil.rmtree(previous, ignore_errors=True)
@@ -257,6 +246,9 @@ def summarize(total: int, rejects: list[Reject], max_ratio: float, out: Path) ->
         print(f"  {count:6d}  {kind}")
     if rejects:
         print(f"  reasons, line by line: {out / 'rejects.jsonl'}")
+    if total and len(rejects) == total:
+        print("vtt prepare: every sample was rejected, no dataset written: exit 1")
+        return 1
     if ratio > max_ratio:
         print(f"vtt prepare: {ratio:.1%} rejected is over --max-reject-ratio {max_ratio:.1%}: exit 1")
         return 1
