@@ -12,7 +12,7 @@ NODES   ?= 1
 CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 
-.PHONY: help setup demo test lint format local clean
+.PHONY: help setup demo test lint format local prepare clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,11 @@ demo: setup ## train both tiny models here on synthetic videos and print their l
 
 local: setup ## run jobs/$(TRAINER).yaml here with the deepspeed launcher: make local TRAINER=llava GPUS=1
 	$(VTT) run --config $(CONFIG) --gpus $(GPUS) $(ARGS)
+
+MANIFEST ?= data/manifest.jsonl
+OUT      ?= data/prepared-$(TRAINER)
+prepare: setup ## decode videos once into a dataset: make prepare MANIFEST=data/manifest.jsonl TRAINER=llava [ARGS="--frames 8"]
+	$(VTT) prepare --manifest $(MANIFEST) --out $(OUT) --trainer $(TRAINER) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import av
@@ -40,7 +41,7 @@ def opencv_seek(path, indices):
     capture, frames = cv2.VideoCapture(str(path)), []
     for index in indices:
         capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, bgr = capture.read()
+        _, bgr = capture.read()
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     return frames
 
@@ -104,13 +105,16 @@ def vtt_method(backend: str):
     return run
 
 
-def median_seconds(call, repeats: int) -> float:
-    times = []
+def median_rates(calls: dict[str, object], frames: int, repeats: int) -> dict[str, float]:
+    """Frames per second of each call, median of `repeats`; the calls take turns within each repeat so
+    that load from other users of the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        begin = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+        for name, call in calls.items():
+            begin = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - begin)
+    return {name: frames / statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -139,15 +143,13 @@ def main() -> None:
             for case in ("uniform8", "fps2"):
                 indices = picks(count, 30.0, case)
                 reference = vtt_method("opencv")(clip, case)
-                cells = []
-                for backend in ("opencv", "pyav"):
-                    seconds = median_seconds(lambda b=backend: vtt_method(b)(clip, case), args.repeats)
-                    cells.append(f"{len(indices) / seconds:.1f}")
-                for method in methods.values():
+                calls = {f"vtt {b}": partial(vtt_method(b), clip, case) for b in ("opencv", "pyav")}
+                for label, method in methods.items():
                     frames = method(clip, indices)
                     assert len(frames) == len(reference) and frames[0].shape == reference[0].shape
-                    seconds = median_seconds(lambda m=method: m(clip, indices), args.repeats)
-                    cells.append(f"{len(indices) / seconds:.1f}")
+                    calls[label] = partial(method, clip, indices)
+                rates = median_rates(calls, len(indices), args.repeats)
+                cells = [f"{rate:.1f}" for rate in rates.values()]
                 print(f"| {name} | {case} | {len(indices)} | {' | '.join(cells)} |")
     if why_not:
         print(f"\ntorchcodec not run: {why_not}")
