@@ -13,7 +13,7 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check render submit push clean predict eval report image sif push-image stage nccl-check
+.PHONY: help setup demo test lint format local check render submit push prepare clean predict eval report image sif push-image stage nccl-check
 # Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= vtt:$(VERSION)
@@ -69,6 +69,10 @@ eval: setup ## score RUN's answers on DATA (BLEU, chrF, exact match): make eval 
 
 report: setup ## write RUN/report.html: loss and learning-rate curves, configs, sample predictions
 	$(VTT) report $(RUN) $(ARGS)
+MANIFEST ?= data/manifest.jsonl
+OUT      ?= data/prepared-$(TRAINER)
+prepare: setup ## decode videos once into a dataset: make prepare MANIFEST=data/manifest.jsonl TRAINER=llava [ARGS="--frames 8"]
+	$(VTT) prepare --manifest $(MANIFEST) --out $(OUT) --trainer $(TRAINER) $(ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vtt.data import llava_dataset, read_manifest, seq2seq_dataset, seq2seq_source
+from vtt.video import Sampling
 
 
 def test_manifest_csv_accepts_caption_alias_and_relative_paths(tmp_path):
@@ -31,7 +32,7 @@ def test_seq2seq_source_carries_metadata(tmp_path):
 
 
 def test_llava_rows_hold_one_image_part_per_frame(demo_inputs):
-    data = llava_dataset(demo_inputs["manifest"], num_frames=3)
+    data = llava_dataset(demo_inputs["manifest"], Sampling(num_frames=3))
     row = data[0]
     assert len(row["images"]) == 3
     assert [part["type"] for part in row["prompt"][0]["content"]] == ["text", "image", "image", "image"]

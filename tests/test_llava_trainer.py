@@ -24,7 +24,7 @@ def test_loss_covers_only_the_answer(demo_inputs, tmp_path):
     processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
     model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"])
     fix_processor(processor, model.config)
-    data = llava_dataset(demo_inputs["manifest"], num_frames=3)
+    data = llava_dataset(demo_inputs["manifest"], 3)
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     rows = [data[0], data[1]]

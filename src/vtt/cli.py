@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": ("vtt.predict", "answer questions about videos with a trained model, written as JSONL"),
     "eval": ("vtt.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
     "report": ("vtt.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),
+    "prepare": ("vtt.prepare", "videos + manifest -> a dataset on disk in a trainer's format (frames decoded once)"),
 }
 
 

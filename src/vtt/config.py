@@ -56,6 +56,17 @@ class VideoArguments:
     """How frames are taken from each video (llava)."""
 
     num_frames: int = field(default=5, metadata={"help": "Frames sampled uniformly from each clip."})
+    fps: float | None = field(
+        default=None, metadata={"help": "Frames a second to sample instead of num_frames (capped by max_frames)."}
+    )
+    max_frames: int | None = field(default=None, metadata={"help": "At most this many frames with fps sampling."})
+    video_backend: str = field(
+        default="opencv", metadata={"help": "Decoder of the clips.", "choices": ["opencv", "pyav"]}
+    )
+    max_reject_ratio: float = field(
+        default=0.05,
+        metadata={"help": "Fail when more than this share of a manifest's samples is unusable (missing fields/files)."},
+    )
 
 
 @dataclass

@@ -1,23 +1,31 @@
 """Training data from a manifest of videos, in each trainer's format.
 
-A manifest is JSONL or CSV, one sample a line: `video` (a path relative to the manifest), `question`,
-`answer` (or `caption`), and optionally `title`, `description`, `tags`, `id`.
+A manifest is JSONL or CSV, one sample a line: `video` (a path relative to the manifest, or an
+http(s) URL), `question`, `answer` (or `caption`), and optionally `title`, `description`, `tags`, `id`.
 
     samples = read_manifest("videos/manifest.jsonl")
-    train = llava_dataset("videos/manifest.jsonl", num_frames=5)   # prompt / completion / images
+    train = llava_dataset("videos/manifest.jsonl", Sampling(num_frames=5))   # prompt / completion / images
+
+Given a manifest, the llava data decodes each clip when a row is read (in the DataLoader's worker
+processes); a clip that fails is reported and dropped from its batch (`skip_rejected`). Given a folder
+made by `vtt prepare`, the frames were decoded once, ahead of time.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_from_disk
 
-from vtt.video import sample_frames
+from vtt.download import DownloadError, DownloadPolicy, fetch, is_url
+from vtt.video import Sampling, VideoError, read_frames
 
 REQUIRED = ("video", "question", "answer")
 
@@ -36,6 +44,19 @@ class Sample:
     tags: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Reject:
+    """A sample left out, and why: written to rejects.jsonl."""
+
+    line: int
+    video: str
+    reason: str
+    kind: str = ""  # the reason without its file name, to count alike rejects together
+
+    def json(self) -> str:
+        return json.dumps(asdict(self))
+
+
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     text = path.read_text()
     if path.suffix == ".csv":
@@ -50,15 +71,15 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
-    """Every sample of a manifest, video paths made absolute; a ValueError names a bad line and field.
+def manifest_entries(path: str | Path, answers: bool = True) -> tuple[list[Sample], list[Reject]]:
+    """The usable samples of a manifest (video paths made absolute) and the lines that are not.
 
     With answers=False (questions to predict) a line may leave out its answer: it is then "".
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest")
-    samples = []
+    samples, rejects = [], []
     for line, row in _rows(path):
         row = dict(row)
         if "answer" not in row and "caption" in row:
@@ -66,7 +87,9 @@ def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
         required = REQUIRED if answers else REQUIRED[:2]
         missing = [key for key in required if not row.get(key)]
         if missing:
-            raise ValueError(f"{path}:{line}: missing {', '.join(missing)}; every line needs {', '.join(required)}")
+            reason = f"missing {', '.join(missing)}; every line needs {', '.join(required)}"
+            rejects.append(Reject(line, str(row.get("video") or ""), reason, "missing fields"))
+            continue
         tags = row.get("tags") or []
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.replace(";", ",").split(",") if t.strip()]
@@ -85,6 +108,14 @@ def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
                 tags=[str(t) for t in tags],
             )
         )
+    return samples, rejects
+
+
+def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
+    """Every sample of a manifest; a ValueError names the first bad line and its missing fields."""
+    samples, rejects = manifest_entries(path, answers)
+    if rejects:
+        raise ValueError(f"{path}:{rejects[0].line}: {rejects[0].reason}")
     return samples
 
 
@@ -97,6 +128,13 @@ def llava_example(sample: Sample, frames: list) -> dict[str, Any]:
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": sample.answer}]}],
         "images": frames,
     }
+
+
+def with_image_parts(prompt: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The user turn of `prompt` with exactly `count` image parts after its text."""
+    [turn] = prompt
+    text = [part for part in turn["content"] if part["type"] != "image"]
+    return [{**turn, "content": text + [{"type": "image"}] * count}]
 
 
 def seq2seq_source(sample: Sample) -> str:
@@ -115,12 +153,107 @@ def is_prepared(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()
 
 
-def llava_dataset(path: str | Path, num_frames: int) -> Dataset:
-    """prompt / completion / images rows from a prepared folder or, decoding now, from a manifest."""
+def frame_size(processor) -> int | tuple[int, int] | None:
+    """The frame size the processor's image processor wants: (width, height), a longest side, or None."""
+    size = getattr(getattr(processor, "image_processor", processor), "size", None) or {}
+    size = dict(size) if not isinstance(size, int) else {"longest_edge": size}
+    if size.get("height") and size.get("width"):
+        return (int(size["width"]), int(size["height"]))
+    return int(size["longest_edge"]) if size.get("longest_edge") else None
+
+
+def local_video(video: str, cache: Path, policy: DownloadPolicy | None = None) -> Path:
+    """A manifest's `video` as a local file: URLs are fetched into `cache` once."""
+    return fetch(video, cache, policy) if is_url(video) else Path(video)
+
+
+DOWNLOAD_CACHE = Path(os.environ.get("VTT_CACHE", Path.home() / ".cache" / "vtt")) / "downloads"
+
+
+class DecodeFrames:
+    """A datasets transform: each row's clip reference becomes its frames, decoded when the row is read.
+
+    The reference waits in the `images` column itself (JSON: video, line), because the Trainer drops
+    every column its collator does not take before the transform runs. A clip that cannot give frames
+    yields a row with no images, which `skip_rejected` drops from its batch; the reason goes to stderr
+    and, when `rejects` is given, to that JSONL file.
+    """
+
+    def __init__(self, sampling: Sampling, rejects: Path | None = None):
+        self.sampling, self.rejects = sampling, rejects
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        from PIL import Image
+
+        batch = dict(batch)
+        frames = [self.frames(json.loads(refs[0])) for refs in batch["images"]]
+        batch["images"] = [[Image.fromarray(frame) for frame in clip] for clip in frames]
+        # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
+        prompts = zip(batch["prompt"], frames, strict=True)
+        batch["prompt"] = [with_image_parts(prompt, len(clip)) for prompt, clip in prompts]
+        return batch
+
+    def frames(self, ref: dict[str, Any]) -> list:
+        try:
+            return read_frames(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
+        except (VideoError, DownloadError) as err:
+            report(Reject(ref["line"], ref["video"], str(err), err.cause), self.rejects)
+            return []
+
+
+def report(reject: Reject, rejects: Path | None) -> None:
+    """Say on stderr that a sample was skipped, and append it to the `rejects` JSONL file when given."""
+    print(f"vtt: skipped manifest line {reject.line}: {reject.reason}", file=sys.stderr)
+    if rejects is not None:
+        rejects.parent.mkdir(parents=True, exist_ok=True)
+        with rejects.open("a") as sink:  # one short append per line: safe from several workers
+            sink.write(reject.json() + "\n")
+
+
+def skip_rejected(collator: Callable) -> Callable:
+    """Wrap a collator so rows without frames (clips that failed to decode) are left out of the batch."""
+
+    def collate(rows: list[dict[str, Any]]):
+        kept = [row for row in rows if "images" not in row or row["images"]]
+        if not kept:
+            raise VideoError("batch", f"every one of its {len(rows)} clips failed to decode (see the lines above)")
+        return collator(kept)
+
+    return collate
+
+
+def llava_dataset(
+    path: str | Path,
+    sampling: Sampling | int,
+    rejects: Path | None = None,
+    max_reject_ratio: float = 1.0,
+) -> Dataset:
+    """prompt / completion / images rows from a prepared folder, or from a manifest decoding on the fly.
+
+    Manifest lines without question/answer, and local videos that do not exist, are reported now;
+    more than `max_reject_ratio` of them is a ValueError.
+    """
     if is_prepared(path):
         return load_from_disk(str(path))
-    rows = [llava_example(s, sample_frames(s.video, num_frames)) for s in read_manifest(path)]
-    return Dataset.from_list(rows)
+    sampling = Sampling(num_frames=sampling) if isinstance(sampling, int) else sampling
+    samples, rejected = manifest_entries(path)
+    kept = []
+    for sample in samples:
+        if not is_url(sample.video) and not Path(sample.video).is_file():
+            rejected.append(Reject(sample.line, sample.video, f"{sample.video}: no such file", "no such file"))
+        else:
+            kept.append(sample)
+    if os.environ.get("RANK", "0") == "0":  # every process reads the manifest; one reports it
+        for reject in rejected:
+            report(reject, rejects)
+    total = len(kept) + len(rejected)
+    if not kept or len(rejected) > max_reject_ratio * total:
+        raise ValueError(
+            f"{path}: {len(rejected)} of {total} samples rejected (over max_reject_ratio={max_reject_ratio}); "
+            "fix the lines named above or raise max_reject_ratio"
+        )
+    rows = [llava_example(s, [json.dumps({"video": s.video, "line": s.line})]) for s in kept]
+    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects))
 
 
 def seq2seq_dataset(path: str | Path) -> Dataset:

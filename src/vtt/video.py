@@ -1,16 +1,39 @@
-"""Frames from videos: uniform sampling with OpenCV.
+"""Frames from videos: `uniform` N frames or `fps` frames a second, resized for the model.
 
-frames = sample_frames("clip.mp4", num_frames=5)   # list of RGB PIL images
+    frames = sample_frames("clip.mp4", num_frames=5)                         # 5 RGB PIL images
+    frames = sample_frames("clip.mp4", fps=2, max_frames=32, start=3.0, end=9.5, size=384, backend="pyav")
+
+Sampling is defined on presentation time, so both backends (OpenCV, the default, and PyAV) pick the
+same frames: the segment [start, end] is cut into n equal spans and each span gives the frame on
+screen at its middle. `uniform` takes n = num_frames; `fps` takes n = duration x fps, capped at
+max_frames (the rate drops so the frames still cover the whole segment). A clip shorter than n
+frames gives each of its frames once: never zero, never a duplicate.
+
+The fast path trusts the container's frame count and rate, reads the picked frames in order (decoding
+forward over short gaps, seeking over long ones), and checks each frame's timestamp against the one
+the rate predicts. A container that lies (a frame count larger than what decodes, a truncated file,
+a variable frame rate) fails that check, and the clip is then read from start to end to learn every
+frame's time: slower, but right. Only the picked frames are converted and resized, one at a time, so
+a 4K clip never sits in memory whole.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from PIL import Image
+
+BACKENDS = ("opencv", "pyav")
+# Decode forward instead of seeking when the next picked frame is at most this many frames ahead: a
+# seek lands on the keyframe before the target and decodes up to it anyway, so over short gaps it only
+# adds the demuxer's seek. Measured in bench/decode.py (bench/RESULTS.md).
+FORWARD_GAP = 48
+Size = int | tuple[int, int] | None
 
 
 class VideoError(Exception):
@@ -22,34 +45,263 @@ class VideoError(Exception):
         self.cause = cause
 
 
-def uniform_indices(frame_count: int, num_frames: int) -> list[int]:
-    """`num_frames` indices spread evenly over `frame_count` frames, each the middle of its span."""
-    if frame_count < 1:
-        raise ValueError(f"frame_count must be at least 1, got {frame_count}")
-    spans = np.linspace(0, frame_count, num_frames + 1)
-    return sorted({min(int((a + b) / 2), frame_count - 1) for a, b in itertools.pairwise(spans)})
+class _Untrusted(Exception):
+    """The container's frame count or rate did not match what decoded: read the clip in full instead."""
 
 
-def sample_frames(path: str | Path, num_frames: int = 5) -> list[Image.Image]:
-    """`num_frames` RGB frames spread evenly over the clip (fewer only when the clip is shorter)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(path, "no such file")
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
+@dataclass(frozen=True)
+class Sampling:
+    """How frames are taken from a clip; `sample_frames` takes the same names as keywords."""
+
+    num_frames: int = 5
+    fps: float | None = None
+    max_frames: int | None = None
+    start: float | None = None
+    end: float | None = None
+    size: Size = None
+    backend: Literal["opencv", "pyav"] = "opencv"
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"video backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.fps is None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"segment end {self.end} must be after its start {self.start}")
+
+    def count(self, duration: float) -> int:
+        """Frames wanted from a segment of `duration` seconds."""
+        if self.fps is None:
+            return self.num_frames
+        wanted = max(1, round(duration * self.fps))
+        return min(wanted, self.max_frames) if self.max_frames else wanted
+
+
+def span_middles(start: float, end: float, count: int) -> list[float]:
+    """The middle time of each of `count` equal spans of [start, end)."""
+    step = (end - start) / count
+    return [start + (k + 0.5) * step for k in range(count)]
+
+
+def resize(rgb: np.ndarray, size: Size) -> np.ndarray:
+    """`size` an int: the longest side becomes `size`, aspect kept; a (width, height) pair: exactly that."""
+    if size is None:
+        return rgb
+    height, width = rgb.shape[:2]
+    if isinstance(size, int):
+        scale = size / max(height, width)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    else:
+        target = (int(size[0]), int(size[1]))
+    if target == (width, height):
+        return rgb
+    shrinking = target[0] * target[1] < width * height
+    return cv2.resize(rgb, target, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+class _OpenCVReader:
+    """OpenCV's FFmpeg capture: grab() decodes, retrieve() converts only the frames we keep."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not self.capture.isOpened():
             raise VideoError(path, "OpenCV cannot open it (not a video, or a codec it cannot read)")
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if count < 1:
-            raise VideoError(path, "the container reports no frames")
-        frames = []
-        for index in uniform_indices(count, num_frames):
-            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, bgr = capture.read()
-            if ok:
-                frames.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        self.count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS))
+
+    def seek(self, index: int) -> None:
+        self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+
+    def grab(self) -> bool:
+        return self.capture.grab()
+
+    def time(self) -> float:
+        """Seconds from the stream's start to the frame grabbed last."""
+        return self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+
+    def retrieve(self) -> np.ndarray:
+        ok, bgr = self.capture.retrieve()
+        if not ok:
+            raise _Untrusted("a grabbed frame could not be converted")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class _PyAVReader:
+    """PyAV: the same four calls over FFmpeg's own demuxer and decoder."""
+
+    def __init__(self, path: Path):
+        import av
+
+        self.av = av
+        self.path = path
+        try:
+            self.container = av.open(str(path))
+        except (av.error.FFmpegError, UnicodeDecodeError) as err:
+            raise VideoError(path, f"PyAV cannot open it: {err}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError(path, "the file has no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # frame threads: several frames decode at once
+        self.base = self.stream.time_base
+        self.offset = self.stream.start_time or 0
+        self.count = int(self.stream.frames or 0)
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self.frames = None
+        self.frame = None
+        self.pending = None
+
+    def _next(self):
+        if self.frames is None:
+            self.frames = self.container.decode(self.stream)
+        try:
+            return next(self.frames)
+        except (StopIteration, self.av.error.FFmpegError):  # the end, or data that stops decoding (truncated)
+            return None
+
+    def seek(self, index: int) -> None:
+        target = index / self.fps
+        self.container.seek(self.offset + int(target / self.base), stream=self.stream, backward=True)
+        self.frames = None
+        # Decode from the keyframe up to the target, so the next grab() gives frame `index` as OpenCV's does.
+        while (frame := self._next()) is not None:
+            if (frame.pts - self.offset) * self.base >= target - 0.5 / self.fps:
+                self.pending = frame
+                return
+        self.pending = None
+
+    def grab(self) -> bool:
+        self.frame, self.pending = (self.pending, None) if self.pending is not None else (self._next(), None)
+        return self.frame is not None
+
+    def time(self) -> float:
+        return float((self.frame.pts - self.offset) * self.base)
+
+    def retrieve(self) -> np.ndarray:
+        return self.frame.to_ndarray(format="rgb24")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _open(path: Path, backend: str):
+    return _OpenCVReader(path) if backend == "opencv" else _PyAVReader(path)
+
+
+def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+    """Picked frames located by the container's count and rate; _Untrusted when the clip disagrees."""
+    count, fps = reader.count, reader.fps
+    if count < 1 or not fps or fps <= 0 or not math.isfinite(fps):
+        raise _Untrusted("the container reports no frame count or rate")
+    start, end = _segment(reader.path, sampling, count / fps)
+    times = span_middles(start, end, sampling.count(end - start))
+    indices = sorted({min(count - 1, int(t * fps + 1e-6)) for t in times})
+    frames, position = [], 0  # position: the index the next grab() decodes
+    for index in indices:
+        if index - position > FORWARD_GAP:
+            reader.seek(index)
+            position = index
+        while position <= index:
+            if not reader.grab():
+                raise _Untrusted(f"the container reports {count} frames, decoding stopped at {position}")
+            position += 1
+        if abs(reader.time() - index / fps) > 0.5 / fps:
+            raise _Untrusted(f"frame {index} shows at {reader.time():.3f}s, not {index / fps:.3f}s")
+        frames.append((reader.time(), resize(reader.retrieve(), sampling.size)))
+    return frames
+
+
+def _frame_times(path: Path, backend: str) -> list[float]:
+    """Every decodable frame's time, by decoding the clip from start to end."""
+    reader = _open(path, backend)
+    try:
+        times = []
+        while reader.grab():
+            times.append(reader.time())
+        return times
     finally:
-        capture.release()
+        reader.close()
+
+
+def _read_counting(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+    """Picked frames located by decoding: the clip's times are learnt first, then the picks are read."""
+    times = _frame_times(path, sampling.backend)
+    if not times:
+        raise VideoError(path, "no frame could be decoded")
+    # The last frame lasts as long as the mean frame before it (1 s for a 1-frame clip of unknown rate).
+    last = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
+    start, end = _segment(path, sampling, times[-1] + last)
+    wanted = span_middles(start, end, sampling.count(end - start))
+    picks = sorted({max(0, int(np.searchsorted(times, t + 1e-6, side="right")) - 1) for t in wanted})
+    chosen = set(picks)
+    reader = _open(path, sampling.backend)
+    frames = []
+    try:
+        for index in range(picks[-1] + 1):
+            if not reader.grab():
+                break
+            if index in chosen:
+                frames.append((reader.time(), resize(reader.retrieve(), sampling.size)))
+    finally:
+        reader.close()
     if not frames:
         raise VideoError(path, "no frame could be decoded")
     return frames
+
+
+def _segment(path: Path, sampling: Sampling, duration: float) -> tuple[float, float]:
+    start = max(0.0, sampling.start or 0.0)
+    end = duration if sampling.end is None else min(sampling.end, duration)
+    if start >= end:
+        segment = f"[{sampling.start}, {sampling.end}] s"
+        raise VideoError(path, f"the segment {segment} is outside the clip ({duration:.2f} s long)")
+    return start, end
+
+
+def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+    """(seconds, frame) pairs: each sampled frame's presentation time and its RGB uint8 array."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "the file is empty (0 bytes)")
+    reader = _open(path, sampling.backend)
+    try:
+        return _read_trusting_metadata(reader, sampling)
+    except _Untrusted:
+        pass
+    finally:
+        reader.close()
+    return _read_counting(path, sampling)
+
+
+def read_frames(path: str | Path, sampling: Sampling) -> list[np.ndarray]:
+    """The sampled frames of `path` as RGB uint8 arrays (height x width x 3), never an empty list."""
+    return [frame for _, frame in read_timed_frames(path, sampling)]
+
+
+def sample_frames(
+    path: str | Path,
+    num_frames: int = 5,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    size: Size = None,
+    backend: Literal["opencv", "pyav"] = "opencv",
+    as_array: bool = False,
+) -> list[Image.Image] | list[np.ndarray]:
+    """Frames of `path` as RGB PIL images (or arrays); see the module docstring for how they are picked."""
+    sampling = Sampling(num_frames, fps, max_frames, start, end, size, backend)
+    frames = read_frames(path, sampling)
+    return frames if as_array else [Image.fromarray(frame) for frame in frames]

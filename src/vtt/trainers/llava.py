@@ -9,16 +9,18 @@ frame, the assistant turn holds the answer; the loss covers the answer only.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import disk, hub
 from vtt.config import parse_run_config
-from vtt.data import llava_dataset
+from vtt.data import frame_size, llava_dataset, skip_rejected
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
 from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
+from vtt.video import Sampling
 
 
 def fix_processor(processor, model_config) -> list[str]:
@@ -58,8 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
-    train = llava_dataset(run.dataset, video.num_frames)
-    evaluation = llava_dataset(run.eval_dataset, video.num_frames) if run.eval_dataset else None
+    # Frames come out of the decoder at the processor's size: a 4K clip costs a worker 384 px frames.
+    sampling = Sampling(
+        num_frames=video.num_frames,
+        fps=video.fps,
+        max_frames=video.max_frames,
+        size=frame_size(processor),
+        backend=video.video_backend,
+    )
+    rejects = Path(training.output_dir) / "rejects.jsonl"
+    if training.process_index == 0:
+        rejects.unlink(missing_ok=True)  # this run's rejects only
+    train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio)
+    evaluation = None
+    if run.eval_dataset:
+        evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio)
     trainer = SFTTrainer(
         model=model,
         args=training,
@@ -68,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=processor,
         callbacks=[ThroughputCallback(), guard, RunRecord("llava", run, video)],
     )
+    # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
+    trainer.data_collator = skip_rejected(trainer.data_collator)
     result = trainer.train()
     guard.exit_if_stopped()
     trainer.save_model()
