@@ -153,7 +153,8 @@ def parse_run_config(argv: list[str], world: int | None = None, use_cpu: bool | 
 
     gradient_accumulation_steps is derived from global_batch_size for `world` processes (default: the
     launcher's WORLD_SIZE). On a machine without CUDA, use_cpu is switched on unless given: the
-    DeepSpeed launchers need it on CPU (NOTES.md), and a config stays the same on GPU and CPU.
+    DeepSpeed launchers need it on CPU (NOTES.md), and a config stays the same on GPU and CPU; Liger's
+    GPU kernels (use_liger_kernel) are switched off there for the same reason.
     """
     argv = list(argv)
     trainer = trainer_of(argv)
@@ -163,6 +164,8 @@ def parse_run_config(argv: list[str], world: int | None = None, use_cpu: bool | 
         use_cpu = not torch.cuda.is_available()
     if use_cpu and "--use_cpu" not in argv:
         argv += ["--use_cpu", "true"]
+    if use_cpu and "--use_liger_kernel" not in argv:
+        argv += ["--use_liger_kernel", "false"]  # Liger's kernels are Triton GPU kernels
     parser = make_parser(trainer)
     run, task, training = parser.parse_args_and_config(argv)
     if run.global_batch_size is not None:
