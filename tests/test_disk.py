@@ -143,3 +143,15 @@ def test_trainer_stops_cleanly_when_disk_fills_mid_run_and_last_checkpoint_loads
     params = parameter_count(run.model_name_or_path, "seq2seq")
     estimated = checkpoint_bytes(params, training, small_files(run.model_name_or_path))[0]
     assert abs(estimated - size) / size < 0.10, (estimated, size)
+
+
+def test_check_with_disk_names_output_dir_when_the_run_cannot_fit(demo_inputs, small_disk):
+    from vtt.dsconfig import check_run
+
+    disk = small_disk(256)
+    overrides = ["--model_name_or_path", str(demo_inputs["seq2seq"]), "--output_dir", str(disk / "run")]
+    assert check_run("jobs/tiny-seq2seq.yaml", 1, overrides=overrides).ok  # without --disk: not measured
+    report = check_run("jobs/tiny-seq2seq.yaml", 1, overrides=overrides, disk=True)
+    [problem] = report.errors
+    assert problem.key == "output_dir" and problem.file == "jobs/tiny-seq2seq.yaml"
+    assert "not enough disk space" in problem.detail and "save_total_limit" in problem.fix

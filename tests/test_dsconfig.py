@@ -13,6 +13,7 @@ import pytest
 
 from vtt.cli import main as vtt
 from vtt.dsconfig import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
+from vtt.launch import deepspeed_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["vtt", "training_arguments", "transformers", "accelerate", "deepspeed"]
@@ -343,7 +344,8 @@ def test_runtime_fails_where_check_names_the_key(demo_inputs, tmp_path):
     assert check_run("jobs/tiny-seq2seq.yaml", 1, overrides=overrides).ok
     report = check_run("jobs/tiny-seq2seq.yaml", 2, overrides=overrides)
     assert [(p.key, p.value, p.expected) for p in report.errors] == [("gradient_accumulation_steps", 2, 1)]
-    command = [sys.executable, "-m", "vtt.cli", "run", "--config", "jobs/tiny-seq2seq.yaml", "--gpus", "2", *overrides]
+    # Straight to the deepspeed launcher: `vtt run` would stop at its own pre-flight check, before the runtime.
+    command = deepspeed_command("jobs/tiny-seq2seq.yaml", 2, overrides)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "ds gradient_accumulation_steps=2 vs hf gradient_accumulation_steps=1" in done.stdout + done.stderr

@@ -45,7 +45,9 @@ def test_loss_falls(runs):
 def test_two_processes_match_one_process(runs):
     # M2M100 once reported (and back-propagated) twice the 1-process loss under 2 processes.
     _, folders, _ = runs
-    assert logged_losses(folders[2]) == pytest.approx(logged_losses(folders[1]), rel=1e-4)
+    # Not bitwise: 1 process sums the batch's gradient in one reduction, 2 processes in two plus gloo's
+    # all-reduce; the fp32 rounding differences compound over 6 Adam steps at lr 3e-3 (seen: 1.8e-4).
+    assert logged_losses(folders[2]) == pytest.approx(logged_losses(folders[1]), rel=5e-4)
 
 
 def test_saved_model_reloads_and_generates(runs):

@@ -564,11 +564,14 @@ def check_run(
     overrides: Sequence[str] = (),
     deepspeed: str | Path | None = None,
     gpu_memory_gb: float | None = None,
+    disk: bool = False,
 ) -> CheckReport:
     """Check a DeepSpeed file against a run config (or TrainingArguments defaults) on nodes x gpus GPUs.
 
     Raises ValueError when the check cannot run (missing or invalid file, bad argument); problems
-    found are in the report.
+    found are in the report. With `disk`, the run's checkpoints are also measured against the free space
+    of its output folder — meaningful only where the job will write (a login node on the shared file
+    system); every trainer start checks it again where it runs.
     """
     if gpus < 1 or nodes < 1:
         raise ValueError(f"--gpus {gpus} --nodes {nodes}: both must be at least 1")
@@ -603,7 +606,7 @@ def check_run(
     mem_errors, mem_warnings = _memory_problems(report.memory)
     report.errors += mem_errors
     report.warnings += mem_warnings
-    if run is not None and params is not None:
+    if disk and run is not None and params is not None:
         report.errors += _disk_problems(run, args, str(config))
     return report
 
@@ -677,6 +680,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu-memory", type=float, dest="gpu_memory", help="GB of memory per GPU, for the memory check"
     )
+    parser.add_argument(
+        "--disk", action="store_true", help="also check the free space where output_dir will be written (run it there)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--fix", type=Path, help='write a copy with every Trainer-owned value "auto" here')
     parser.epilog = "Other --name value pairs are training arguments (--per_device_train_batch_size 2 --bf16 true)."
@@ -684,7 +690,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     config = shipped(args.config) if args.config else None
-    report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory)
+    report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory, disk=args.disk)
     if args.fix:
         changed = fix_deepspeed(shipped(report.deepspeed), args.fix)
         note = f"wrote {args.fix}: " + (", ".join(changed) + ' set to "auto"' if changed else "nothing to change")

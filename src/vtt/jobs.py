@@ -106,7 +106,8 @@ def preflight(
         )
     if profile.scheduler == "local" and nodes != 1:
         raise ValueError(f"{profile.path}: the local profile is this one machine: --nodes {nodes} needs a cluster")
-    secrets = [word for word in overrides if word.split("=")[0] in SECRET_ARGUMENTS or SECRET_NAME.search(word)]
+    options = [word.split("=")[0] for word in overrides if word.startswith("--")]
+    secrets = [word for word in options if word in SECRET_ARGUMENTS or SECRET_NAME.search(word)]
     if secrets:
         raise ValueError(
             f"{secrets[0]} looks like a secret: it would be written into the job script. Export HF_TOKEN in the "
@@ -115,11 +116,12 @@ def preflight(
     run, _, training = parse_run_config(["--config", config, *overrides], world=nodes * gpus, use_cpu=True)
     if getattr(training, "hub_token", None):
         raise ValueError(f"{config}: hub_token is set: remove it and export HF_TOKEN in the shell you submit from")
-    report = check_run(config, gpus, nodes, overrides, gpu_memory_gb=profile.gpu_memory_gb)
-    if not report.ok:
-        raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
-    for warning in report.warnings:
-        print(f"vtt check: warning: {warning}", file=sys.stderr)
+    if training.deepspeed:  # a run without DeepSpeed has no DeepSpeed file to check
+        report = check_run(config, gpus, nodes, overrides, gpu_memory_gb=profile.gpu_memory_gb)
+        if not report.ok:
+            raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
+        for warning in report.warnings:
+            print(f"vtt check: warning: {warning}", file=sys.stderr)
     return Job(profile=profile, config=config, gpus=gpus, nodes=nodes, trainer=run.trainer, overrides=overrides)
 
 

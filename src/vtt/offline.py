@@ -137,9 +137,9 @@ def not_in_cache(repo: HubRepo, cache_dir: Path) -> str | None:
 
 def missing(values: dict[str, str], cache_dir: Path) -> list[str]:
     """One line for each named model or dataset that cannot be loaded offline from `cache_dir`."""
-    repos, absent = hub_repos(values)
-    problems = [f"{repo}: {why}" for repo in repos if (why := not_in_cache(repo, cache_dir))]
-    return problems + absent
+    # A local path that does not exist is not a cache problem: the loader names it (and staging cannot help).
+    repos, _ = hub_repos(values)
+    return [f"{repo}: {why}" for repo in repos if (why := not_in_cache(repo, cache_dir))]
 
 
 def stage_command(config: str | Path) -> str:
