@@ -11,6 +11,7 @@ from it (`--no-resume` starts from step 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import subprocess
@@ -70,10 +71,8 @@ def forward_stop_signals(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             return
         for process in tree:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile
                 process.send_signal(signal.SIGUSR1)
-            except psutil.NoSuchProcess:
-                pass
 
     for number in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(number, forward)
