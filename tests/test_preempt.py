@@ -80,7 +80,8 @@ def local(demo_inputs, tmp_path_factory) -> dict:
     saves = ["--save_strategy", "steps", "--save_steps", str(SAVE_STEPS), "--save_total_limit", "1"]
     found: dict = {"out": out}
 
-    first = start(overrides(demo_inputs, out))
+    # The same save settings in every start: a resumed Trainer takes save_steps from the checkpoint's state.
+    first = start([*overrides(demo_inputs, out), *saves])
     log = read_until(first, "'loss'")
     first.send_signal(signal.SIGTERM)
     found["first"] = {"code": first.wait(), "log": log + first.stdout.read()}
