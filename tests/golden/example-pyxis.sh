@@ -61,11 +61,12 @@ NODE_LAUNCH='trap "" USR1; exec "$0" -m deepspeed.launcher.runner --no_ssh --nod
 # passes it to srun, which signals every process of the step: the trainers save a checkpoint at the end of
 # the current optimizer step and exit 75. Then the job requeues itself and resumes from it.
 WARNED=0
+SRUN_PID=""
 # shellcheck disable=SC2317  # run by the trap
 warn() {
     WARNED=1
     echo "vtt: $(date -Is) USR1: the trainers save a checkpoint and stop"
-    kill -USR1 "$SRUN_PID" 2>/dev/null || true
+    if [[ -n $SRUN_PID ]]; then kill -USR1 "$SRUN_PID" 2>/dev/null || true; fi
 }
 trap warn USR1
 srun --kill-on-bad-exit=1 --wait=60 --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
