@@ -79,6 +79,9 @@ def slurm_conf(root: Path, nodes: int, gpus: int) -> str:
         "MailProg=/bin/true",
         "ReturnToService=2",
         "MinJobAge=600",  # finished jobs stay visible to `scontrol show job` (no accounting database here)
+        # Job ids new to each start: jobs log with --open-mode=append (requeued starts share one log), and a
+        # job 1 of an earlier test session must not find its old logs/<name>-1.out to append to.
+        f"FirstJobId={int(time.time()) % 50_000_000 + 1}",
         "KillWait=5",
     ]
     for name in node_names(nodes):

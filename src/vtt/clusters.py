@@ -103,6 +103,17 @@ class Profile:
         metadata={"help": "false: compute nodes run with HF_HUB_OFFLINE=1 (+ datasets/transformers) on hf_home."},
     )
     log_dir: str = field(default="logs", metadata={"help": "Where Slurm writes %x-%j.out (created before sbatch)."})
+    signal_seconds: int = field(
+        default=120,
+        metadata={
+            "help": "--signal=B:USR1@N: Slurm warns the job N seconds before its time limit; the trainers save a "
+            "checkpoint at the end of the current step and the job requeues itself. Give a save time to spare."
+        },
+    )
+    max_requeues: int = field(
+        default=3,
+        metadata={"help": "How often a job stopped by the warning signal requeues itself (SLURM_RESTART_COUNT)."},
+    )
     # Set by load_profile, not by the file.
     name: str = field(default="", metadata={"help": "", "internal": True})
     path: str = field(default="", metadata={"help": "", "internal": True})
@@ -198,6 +209,10 @@ def validate(profile: Profile) -> Profile:
                 f"{path}: scheduler is local (this machine, one node, no container) but the profile sets "
                 f"{', '.join(given) or 'nodes/exclusive/container'}: remove them or set scheduler: slurm"
             )
+    if not 1 <= profile.signal_seconds <= 65535:  # sbatch's limit (a 16-bit field)
+        raise ValueError(f"{path}: signal_seconds = {profile.signal_seconds}: give 1 to 65535 seconds")
+    if profile.max_requeues < 0:
+        raise ValueError(f"{path}: max_requeues = {profile.max_requeues}: give 0 (never requeue) or more")
     if profile.time is not None and not SLURM_TIME.fullmatch(profile.time):
         raise ValueError(f"{path}: time = {profile.time!r}: write MM, HH:MM:SS or D-HH:MM:SS (Slurm's formats)")
     if not LOG_DIR.fullmatch(profile.log_dir):

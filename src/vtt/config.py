@@ -46,6 +46,13 @@ class RunArguments:
             "(BLEU, chrF, exact match) into output_dir/eval_generation.json, as `vtt eval` does."
         },
     )
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "Resume from the newest complete checkpoint in output_dir when there is one (every start, "
+            "requeued jobs included). false (`vtt run --no-resume`): start from step 0."
+        },
+    )
     hub_model_id_suffix: str | None = field(
         default=None, metadata={"help": "Repo name under $HF_USER_ID when push_to_hub is on and hub_model_id is not."}
     )

@@ -22,6 +22,11 @@ from vtt.clusters import SECRET_NAME, Profile, load_profile, profile_path
 from vtt.paths import shipped
 
 RENDERED = Path("jobs/rendered")
+# Mirrors of the trainers' exit codes (vtt.preempt, vtt.disk, vtt.hub, vtt.checkpoints), which the job script
+# reads: importing those here would load the training stack to render a script. tests/test_preempt.py
+# checks that they agree.
+STOPPED_EXIT = 75
+NO_REQUEUE_EXITS = (2, 3, 28)
 # Run-config arguments that carry secrets: never written into a script (TrainingArguments has hub_token).
 SECRET_ARGUMENTS = ("--hub_token",)
 ENV_REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -203,6 +208,9 @@ def render(job: Job) -> str:
         "mounts": mounts,
         "docker_env": docker_env,
         "python": quote_keeping_variables(profile.python),
+        "stopped_exit": STOPPED_EXIT,
+        # Exit codes a requeue would only repeat: disk full, bad Hub token or failed push, wrong GPU count.
+        "no_requeue": Shell("|".join(str(code) for code in NO_REQUEUE_EXITS)),
     }
     return _environment().get_template("job.sh.j2").render(**context)
 

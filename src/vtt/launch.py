@@ -3,11 +3,16 @@
     vtt run --config jobs/tiny-llava.yaml --gpus 2 [--learning_rate 1e-3 ...]
 
 Arguments vtt does not know are passed to the trainer, which rejects any it does not know either.
+SIGTERM or SIGUSR1 to `vtt run` reaches the trainers as SIGUSR1: they save a checkpoint at the end of
+the current optimizer step and exit 75 (vtt.preempt); the next `vtt run` of the same config resumes
+from it (`--no-resume` starts from step 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +51,33 @@ def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], maste
     ]
 
 
+def _ignore_usr1() -> None:
+    # In the launcher's process, before exec: an ignored signal stays ignored in the deepspeed launcher and
+    # its children (SIGUSR1 would kill them: they do not handle it); the trainers install their own handler.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def forward_stop_signals(proc: subprocess.Popen) -> None:
+    """SIGTERM/SIGUSR1 to this process -> SIGUSR1 to every process under `proc`: the trainers checkpoint and stop.
+
+    Not SIGTERM: the deepspeed launcher answers it by killing the trainers, mid-save if need be.
+    """
+    import psutil
+
+    def forward(number, frame) -> None:
+        print(f"vtt run: {signal.Signals(number).name}: asking the trainers to checkpoint and stop", flush=True)
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):  # ended meanwhile
+                process.send_signal(signal.SIGUSR1)
+
+    for number in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(number, forward)
+
+
 def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path | None = None) -> int:
     """Run the job here; stream its output (and tee it into `log` when given). Returns the exit code."""
     command = deepspeed_command(config, gpus, overrides)
@@ -54,12 +86,17 @@ def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path
     env = job_environment()
     env[LAUNCH_TIME_ENV] = str(time.time())
     if log is None:
-        return subprocess.run(command, env=env).returncode
+        with subprocess.Popen(command, env=env, preexec_fn=_ignore_usr1) as proc:
+            forward_stop_signals(proc)
+            return proc.wait()
     log.parent.mkdir(parents=True, exist_ok=True)
     with (
         log.open("w") as sink,
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_ignore_usr1
+        ) as proc,
     ):
+        forward_stop_signals(proc)
         for line in proc.stdout:
             sink.write(line)
             sys.stdout.write(line)
@@ -70,12 +107,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config, e.g. jobs/tiny-llava.yaml")
     parser.add_argument("--gpus", type=int, default=1, help="processes to start (GPUs here; CPU processes without)")
     parser.add_argument("--log", type=Path, help="also write the output to this file")
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from step 0 even when output_dir holds a checkpoint (the run config's --resume false)",
+    )
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from vtt.clusters import load_profile, profile_path
     from vtt.jobs import preflight
 
+    if args.no_resume:
+        extra = [*extra, "--resume", "false"]
     # The same pre-flight check as render/submit, on the local profile (this machine, one node).
     preflight(load_profile(profile_path("local")), shipped(args.config), args.gpus, 1, extra)
     return train_locally(shipped(args.config), args.gpus, extra, args.log)

@@ -7,6 +7,9 @@
 # Follow it: squeue -j JOBID; tail -f logs/vtt-llava-JOBID.out
 #SBATCH --job-name=vtt-llava
 #SBATCH --output=logs/%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
 #SBATCH --gres=gpu:h100:4
@@ -23,6 +26,7 @@
 set -euo pipefail
 echo "start: $(date -Is) job ${SLURM_JOB_ID} (${SLURM_JOB_NAME}) on ${SLURM_JOB_NODELIST}"
 # The exit status is saved first: $(date) would reset $?.
+# shellcheck disable=SC2317  # run by the trap
 finish() { local status=$?; echo "end: $(date -Is) exit $status"; }
 trap finish EXIT
 
@@ -61,8 +65,45 @@ LAUNCH=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MAST
     --module vtt.trainers.llava --config jobs/llava.yaml)
 # One launcher per node, no SSH: each runs the deepspeed launcher with its node rank from SLURM_NODEID.
 # shellcheck disable=SC2016  # $0, $@ and SLURM_NODEID expand in each node's shell, not here
+# trap "" USR1: the launchers ignore the warning signal (it would kill them); ignored stays ignored across
+# exec, and the trainers install their own handler.
 # TMPDIR is made on every node: scratch is often node-local.
-NODE_LAUNCH='mkdir -p "$TMPDIR" && exec "$0" -m deepspeed.launcher.runner --no_ssh --node_rank="$SLURM_NODEID" "$@"'
+NODE_LAUNCH='trap "" USR1; mkdir -p "$TMPDIR" && exec "$0" -m deepspeed.launcher.runner --no_ssh --node_rank="$SLURM_NODEID" "$@"'
+
+# Preemption: Slurm sends USR1 to this script 120 s before the time limit (--signal). The trap
+# passes it to srun, which signals every process of the step: the trainers save a checkpoint at the end of
+# the current optimizer step and exit 75. Then the job requeues itself and resumes from it.
+WARNED=0
+SRUN_PID=""
+# shellcheck disable=SC2317  # run by the trap
+warn() {
+    WARNED=1
+    echo "vtt: $(date -Is) USR1: the trainers save a checkpoint and stop"
+    if [[ -n $SRUN_PID ]]; then kill -USR1 "$SRUN_PID" 2>/dev/null || true; fi
+}
+trap warn USR1
 srun --kill-on-bad-exit=1 --wait=60 --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
     apptainer exec --nv --bind /projects/proj123/hf-cache:/projects/proj123/hf-cache --bind /scratch/"${USER}":/scratch/"${USER}" --bind /projects/proj123/data:/data:ro --bind /dev/infiniband /projects/proj123/images/vtt.sif \
-    bash -c "$NODE_LAUNCH" python3 "${LAUNCH[@]}"
+    bash -c "$NODE_LAUNCH" python3 "${LAUNCH[@]}" &
+SRUN_PID=$!
+# wait returns early (status > 128) when the trap runs: wait again while srun is there, then take its
+# status (bash keeps the status of an ended background process for a later wait).
+while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done
+STATUS=0
+wait "$SRUN_PID" || STATUS=$?
+RESTARTS="${SLURM_RESTART_COUNT:-0}"
+case "$STATUS" in
+    0) ;;
+    2|3|28)
+        echo "vtt: exit $STATUS: not requeued (it would fail the same way: see the error above)" ;;
+    *)
+        if [[ $STATUS -eq 75 || $WARNED -eq 1 ]]; then
+            if ((RESTARTS < 3)); then
+                echo "vtt: $(date -Is) requeued (restart $((RESTARTS + 1)) of at most 3): the next start resumes from the newest checkpoint"
+                scontrol requeue "$SLURM_JOB_ID"
+            else
+                echo "vtt: stopped after 3 requeue(s) (max_requeues of jobs/clusters/example-apptainer-ib.yaml): submit again to resume"
+            fi
+        fi ;;
+esac
+exit "$STATUS"

@@ -7,6 +7,7 @@
 set -euo pipefail
 echo "start: $(date -Is) on $(hostname)"
 # The exit status is saved first: $(date) would reset $?.
+# shellcheck disable=SC2317  # run by the trap
 finish() { local status=$?; echo "end: $(date -Is) exit $status"; }
 trap finish EXIT
 

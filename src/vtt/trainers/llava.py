@@ -13,11 +13,12 @@ from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vtt import disk, hub
+from vtt import checkpoints, disk, hub
 from vtt.config import parse_run_config
 from vtt.data import frame_size, llava_dataset, skip_rejected
 from vtt.jobenv import fix_arch_list
 from vtt.offline import check_at_start
+from vtt.preempt import StopOnSignal
 from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 from vtt.video import Sampling
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
+    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, video, training = parse_run_config(argv)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(argv, run, training, "llava")
@@ -81,12 +83,14 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[ThroughputCallback(), guard, RunRecord("llava", run, video)],
+        callbacks=[ThroughputCallback(), stopper, guard, RunRecord("llava", run, video)],
     )
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
     trainer.data_collator = skip_rejected(trainer.data_collator)
-    result = trainer.train()
+    checkpoints.atomic_saves(trainer)
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
     guard.exit_if_stopped()
+    stopper.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():

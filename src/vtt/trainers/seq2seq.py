@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-from vtt import disk, hub
+from vtt import checkpoints, disk, hub
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
 from vtt.jobenv import fix_arch_list
 from vtt.metrics import score
 from vtt.offline import check_at_start
+from vtt.preempt import StopOnSignal
 from vtt.runlog import RunRecord
 from vtt.throughput import ThroughputCallback
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
+    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, text, training = parse_run_config(argv)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(argv, run, training, "seq2seq")
@@ -116,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
         compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
-        callbacks=[ThroughputCallback(), guard, RunRecord("seq2seq", run, text)],
+        callbacks=[ThroughputCallback(), stopper, guard, RunRecord("seq2seq", run, text)],
     )
-    result = trainer.train()
+    checkpoints.atomic_saves(trainer)
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
     guard.exit_if_stopped()
+    stopper.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():

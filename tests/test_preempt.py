@@ -1,0 +1,242 @@
+"""Preemption: a signal stops training with a full checkpoint, the job requeues itself, every start resumes,
+and an interrupted run ends exactly where an uninterrupted one does.
+
+    .venv/bin/pytest tests/test_preempt.py      (the Slurm test needs root, slurm-wlm and munge, as test_slurm_jobs)
+
+Every run is the tiny seq2seq model on 2 processes (DeepSpeed ZeRO-2 splits the optimizer states per process,
+and the ranks must agree on when to stop) for STEPS optimizer steps, compared with one uninterrupted run of the
+same seed: weights bitwise, losses exactly (CPU, gloo: the same operations in the same order give the same bits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from conftest import ROOT, logged_losses, train
+
+from vtt import checkpoints, disk, hub, jobs, preempt
+from vtt.clusters import load_profile
+from vtt.jobs import preflight, render
+
+CONFIG = "jobs/tiny-seq2seq.yaml"
+STEPS = 40
+SAVE_STEPS = 20  # run 2 of the local sequence is killed while it writes checkpoint-20
+GPUS = 2
+
+
+def overrides(demo_inputs, out: Path) -> list[str]:
+    return [
+        *("--model_name_or_path", str(demo_inputs["seq2seq"]), "--dataset", str(demo_inputs["manifest"])),
+        *("--max_steps", str(STEPS), "--output_dir", str(out)),
+    ]
+
+
+def start(arguments: list[str]) -> subprocess.Popen:
+    """`vtt run` as a user types it, its output readable line by line."""
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", CONFIG, "--gpus", str(GPUS), *arguments]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"the run ended (exit {proc.wait()}) before printing {text!r}:\n{''.join(seen)[-4000:]}")
+
+
+def weights(folder: Path) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def baseline(demo_inputs, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must end equal to."""
+    out = tmp_path_factory.mktemp("baseline")
+    train(CONFIG, GPUS, overrides(demo_inputs, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(demo_inputs, tmp_path_factory) -> dict:
+    """Three `vtt run` starts of one run folder: SIGTERM mid-training; killed while writing a checkpoint; to the end.
+
+    Run 2's save of step SAVE_STEPS is held at a known point for the kill: its trainer_state.json is a FIFO
+    (opening a FIFO for writing waits for a reader), made after run 2 resumed and long before that step.
+    By then the model, optimizer and DeepSpeed states and RNG states of the checkpoint are written.
+    """
+    out = tmp_path_factory.mktemp("local")
+    saves = ["--save_strategy", "steps", "--save_steps", str(SAVE_STEPS), "--save_total_limit", "1"]
+    found: dict = {"out": out}
+
+    # The same save settings in every start: a resumed Trainer takes save_steps from the checkpoint's state.
+    first = start([*overrides(demo_inputs, out), *saves])
+    log = read_until(first, "'loss'")
+    first.send_signal(signal.SIGTERM)
+    found["first"] = {"code": first.wait(), "log": log + first.stdout.read()}
+    found["stopped"] = checkpoints.newest_complete(out)
+    assert found["stopped"] is not None, found["first"]["log"][-4000:]
+    found["stopped_marker"] = checkpoints.marker_of(found["stopped"])
+    found["stopped_files"] = {str(p.relative_to(found["stopped"])) for p in found["stopped"].rglob("*")}
+    found["stopped_state"] = json.loads((found["stopped"] / "trainer_state.json").read_text())
+
+    second = start([*overrides(demo_inputs, out), *saves])
+    log = read_until(second, "vtt resume: resuming from")
+    staging = out / checkpoints.STAGING / f"checkpoint-{SAVE_STEPS}"
+    staging.mkdir(parents=True)
+    os.mkfifo(staging / "trainer_state.json")
+    deadline = time.monotonic() + 600
+    while not all((staging / f"rng_state_{rank}.pth").exists() for rank in range(GPUS)):
+        assert second.poll() is None and time.monotonic() < deadline, "run 2 never reached its save"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    tree = [psutil.Process(second.pid), *psutil.Process(second.pid).children(recursive=True)]
+    for process in tree:
+        process.kill()  # as a node failure would: no handler runs
+    found["second"] = {"code": second.wait(), "log": log + second.stdout.read()}
+    found["after_kill"] = sorted(p.name for p in out.iterdir())
+    found["staged_files"] = sorted(p.name for p in staging.iterdir())
+
+    found["third"] = {"log": train(CONFIG, GPUS, [*overrides(demo_inputs, out), *saves]).stdout}
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_vtt_run_saves_a_checkpoint_mid_training_and_exits_75(local):
+    step = checkpoints.step_of(local["stopped"])
+    assert local["first"]["code"] == preempt.STOPPED_EXIT, local["first"]["log"][-3000:]
+    assert 0 < step < SAVE_STEPS, "the signal must stop the run before run 2's first save"
+    assert f"vtt preempt: SIGUSR1 received: saving a checkpoint at step {step} of {STEPS}" in local["first"]["log"]
+    assert local["stopped_marker"]["step"] == step and local["stopped_marker"]["world_size"] == GPUS
+
+
+@pytest.mark.slow
+def test_stopped_checkpoint_holds_model_optimizer_scheduler_rng_and_trainer_state(local):
+    step = checkpoints.step_of(local["stopped"])
+    files = local["stopped_files"]
+    for name in ("model.safetensors", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"):
+        assert name in files
+    # DeepSpeed's own states: each process's ZeRO-2 optimizer partition and the module states.
+    for rank in range(GPUS):
+        assert f"global_step{step}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
+    assert f"global_step{step}/mp_rank_00_model_states.pt" in files
+    assert local["stopped_state"]["global_step"] == step
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_the_next_start_resumes_from_it(local):
+    step = checkpoints.step_of(local["stopped"])
+    assert local["second"]["code"] != 0
+    # The half-written save stayed in the staging folder: no checkpoint-20 appeared, the stopped one is intact.
+    assert f"checkpoint-{SAVE_STEPS}" not in local["after_kill"] and f"checkpoint-{step}" in local["after_kill"]
+    assert "model.safetensors" in local["staged_files"] and checkpoints.MARKER not in local["staged_files"]
+    third = local["third"]["log"]
+    assert f"vtt resume: removed {local['out'] / checkpoints.STAGING}: a save that did not finish" in third
+    assert f"vtt resume: resuming from {local['stopped']} (step {step})" in third
+
+
+@pytest.mark.slow
+def test_only_the_newest_save_total_limit_checkpoints_are_kept_beside_the_final_model(local):
+    out = local["out"]
+    assert [p.name for p in checkpoints.checkpoints(out)] == [f"checkpoint-{STEPS}"]
+    assert checkpoints.marker_of(out / f"checkpoint-{STEPS}")["step"] == STEPS
+    assert (out / "model.safetensors").exists() and not (out / checkpoints.STAGING).exists()
+
+
+@pytest.mark.slow
+def test_interrupted_local_run_ends_with_the_weights_and_losses_of_an_uninterrupted_run(local, baseline):
+    # Equal losses at every step: after each resume the steps saw the samples the uninterrupted run saw.
+    assert logged_losses(local["out"]) == logged_losses(baseline)
+    assert len(logged_losses(baseline)) == STEPS
+    assert weights(local["out"]) == weights(baseline)
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_count_fails_at_start_naming_the_universal_conversion(local, monkeypatch, capsys):
+    folder = local["out"] / f"checkpoint-{STEPS}"  # written by 2 processes
+    training = SimpleNamespace(output_dir=str(local["out"]), deepspeed="deepspeed/zero2.json")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as stopped:
+        checkpoints.resume_point(SimpleNamespace(resume=True), training)
+    said = capsys.readouterr().out
+    assert stopped.value.code == checkpoints.WRONG_WORLD_EXIT
+    assert f"{folder} was written by 2 process(es), this run has 1" in said
+    assert f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder}/global_step{STEPS}" in said
+    assert checkpoints.resume_point(SimpleNamespace(resume=False), training) is None  # --resume false: step 0
+
+
+def test_checkpoint_folder_without_marker_is_never_resumed_from(tmp_path):
+    complete, half = tmp_path / "checkpoint-10", tmp_path / "checkpoint-20"
+    complete.mkdir()
+    half.mkdir()
+    (complete / checkpoints.MARKER).write_text(json.dumps({"step": 10, "world_size": 1}))
+    (half / "model.safetensors").write_text("half")
+    assert checkpoints.newest_complete(tmp_path) == complete
+    assert checkpoints.remove_incomplete(tmp_path) == [half] and not half.exists()
+
+
+@pytest.mark.slow
+def test_slurm_job_warned_mid_training_requeues_itself_resumes_and_matches_an_uninterrupted_run(
+    slurm, demo_inputs, baseline, tmp_path
+):
+    from test_slurm_jobs import job_state, make_submit, submitted
+
+    out = tmp_path / "run"
+    done = make_submit(
+        slurm, CLUSTER="ci", TRAINER="tiny-seq2seq", GPUS=str(GPUS), ARGS=" ".join(overrides(demo_inputs, out))
+    )
+    job_id, log = submitted(done)
+    deadline = time.monotonic() + 900
+    while not (log.exists() and "'loss'" in log.read_text()):
+        assert time.monotonic() < deadline, f"job {job_id} never logged a loss"
+        time.sleep(0.2)
+    # The warning Slurm sends before the time limit (--signal=B:USR1@N), sent now: to the batch script only.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=slurm, check=True)
+    state = job_state(job_id, slurm)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-4000:]
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True)
+    assert "Restarts=1" in shown.stdout
+    step = int(re.search(r"saving a checkpoint at step (\d+) of", text).group(1))
+    assert 0 < step < STEPS
+    assert "requeued (restart 1 of at most 3)" in text
+    assert f"vtt resume: resuming from {out}/checkpoint-{step} (step {step})" in text
+    assert len(re.findall(r"^start: ", text, re.MULTILINE)) == 2  # one log, appended by both starts
+    assert logged_losses(out) == logged_losses(baseline)
+    assert weights(out) == weights(baseline)
+
+
+def test_rendered_slurm_job_asks_for_the_warning_signal_and_is_requeueable(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    text = render(preflight(load_profile("jobs/clusters/ci.yaml"), CONFIG, 1))
+    for directive in ("#SBATCH --signal=B:USR1@120\n", "#SBATCH --requeue\n", "#SBATCH --open-mode=append\n"):
+        assert directive in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and "((RESTARTS < 3))" in text
+    profile = tmp_path / "short.yaml"
+    profile.write_text("gpus_per_node: 1\nsignal_seconds: 300\nmax_requeues: 10\n")
+    text = render(preflight(load_profile(profile), CONFIG, 1))
+    assert "#SBATCH --signal=B:USR1@300\n" in text and "((RESTARTS < 10))" in text
+
+
+def test_profile_rejects_a_warning_signal_slurm_cannot_send(tmp_path):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("gpus_per_node: 1\nsignal_seconds: 0\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: signal_seconds = 0: give 1 to 65535 seconds"):
+        load_profile(profile)
+
+
+def test_job_script_knows_the_trainers_exit_codes():
+    assert jobs.STOPPED_EXIT == preempt.STOPPED_EXIT
+    assert set(jobs.NO_REQUEUE_EXITS) == {disk.DISK_FULL_EXIT, hub.TOKEN_EXIT, hub.PUSH_FAILED_EXIT}
+    assert checkpoints.WRONG_WORLD_EXIT in jobs.NO_REQUEUE_EXITS
