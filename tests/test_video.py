@@ -7,7 +7,7 @@ import tracemalloc
 import av
 import numpy as np
 import pytest
-from videos import H264, HEVC, VFR_TIMES, overstated_avi, pattern_clip, truncated, vfr
+from videos import H264, HEVC, VFR_TIMES, avi_claiming, pattern_clip, truncated, vfr
 
 from vtt.synthetic import write_video
 from vtt.video import Sampling, VideoError, read_frames, read_timed_frames, sample_frames
@@ -25,7 +25,8 @@ def clips(tmp_path_factory):
         "h264": pattern_clip(folder / "h264.mp4", H264),
         "hevc": pattern_clip(folder / "hevc.mp4", HEVC, seconds=2),
         "vfr": vfr(folder / "vfr.mp4"),
-        "overstated": overstated_avi(folder / "overstated.avi"),
+        "overstated": avi_claiming(folder / "overstated.avi", claimed=100),
+        "understated": avi_claiming(folder / "understated.avi", claimed=12),
         "one-frame": write_video(folder / "one.mp4", "blue", "up", frames=1),
     }
     made["truncated-index"] = truncated(made["mp4v"], folder / "truncated-index.mp4")  # moov at the end: lost
@@ -100,6 +101,15 @@ def test_container_overstating_its_frame_count_is_counted_by_decoding(clips, bac
     lying = read_timed_frames(clips["overstated"], Sampling(num_frames=5, backend=backend))
     assert [t for t, _ in lying] == pytest.approx([t for t, _ in honest])  # over its 24 real frames, not 100
     assert len(read_frames(clips["overstated"], Sampling(fps=2, backend=backend))) == 4  # 24 frames at 12 fps
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_container_understating_its_frame_count_is_sampled_to_its_real_end(clips, backend):
+    # 24 frames at 12 fps whose headers claim 12: trusting them would sample only the first second.
+    honest = read_timed_frames(clips["mjpg"], Sampling(num_frames=4, backend=backend))
+    lying = read_timed_frames(clips["understated"], Sampling(num_frames=4, backend=backend))
+    assert [t for t, _ in lying] == pytest.approx([0.25, 0.75, 1.25, 1.75])
+    assert [t for t, _ in lying] == pytest.approx([t for t, _ in honest])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

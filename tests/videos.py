@@ -36,7 +36,7 @@ def vfr(path: Path) -> Path:
     return path
 
 
-def overstated_avi(path: Path, frames: int = 24, claimed: int = 100) -> Path:
+def avi_claiming(path: Path, claimed: int, frames: int = 24) -> Path:
     """An MJPG AVI of `frames` frames whose headers (avih, strh) claim `claimed`."""
     write_video(path, "red", "right", frames=frames)
     data = bytearray(path.read_bytes())

@@ -217,7 +217,29 @@ def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.
         if abs(reader.time() - index / fps) > 0.5 / fps:
             raise _Untrusted(f"frame {index} shows at {reader.time():.3f}s, not {index / fps:.3f}s")
         frames.append((reader.time(), resize(reader.retrieve(), sampling.size)))
+    _check_ends_where_reported(reader.path, count, fps)
     return frames
+
+
+def _check_ends_where_reported(path: Path, count: int, fps: float) -> None:
+    """_Untrusted when the stream has packets past the reported count: the picks would miss the clip's end.
+
+    Demuxes (no decoding) from a second before the reported end, so it costs about a millisecond;
+    PyAV reads the packets for either backend. A file PyAV cannot demux gives no evidence either way.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            offset, base = stream.start_time or 0, stream.time_base
+            last = (count - 1) / fps  # the reported last frame's time
+            container.seek(offset + int(max(0.0, last - 1.0) / base), stream=stream, backward=True)
+            for packet in container.demux(stream):
+                if packet.pts is not None and (packet.pts - offset) * base > last + 0.5 / fps:
+                    raise _Untrusted(f"the container reports {count} frames, but its stream goes on past them")
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError):
+        return
 
 
 def _frame_times(path: Path, backend: str) -> list[float]:
