@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vtt import checkpoints, disk, hub
+from vtt import checkpoints, disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import frame_size, llava_dataset, skip_rejected
 from vtt.jobenv import fix_arch_list
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             num_frames=video.num_frames,
         )
     hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
+    ranks.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-from vtt import checkpoints, disk, hub
+from vtt import checkpoints, disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
 from vtt.jobenv import fix_arch_list
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=text.max_target_length,
         )
     hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
+    ranks.shutdown()
 
 
 if __name__ == "__main__":
