@@ -185,9 +185,25 @@ def start(root: Path, nodes: int = 2, gpus: int = 8) -> dict[str, str]:
     return {"SLURM_CONF": str(conf)}
 
 
+def cancel_jobs(root: Path) -> None:
+    """Cancel every job still queued or running and wait until Slurm has killed their processes: a job left
+    behind when the daemons stop keeps its trainers running (and the machine busy) after the tests."""
+    env = dict(os.environ, SLURM_CONF=str(root / "slurm.conf"))
+    subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+
+    def none_left() -> bool:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+        return listed.returncode == 0 and not listed.stdout.strip()
+
+    wait_for(none_left, "cancelled jobs ending", timeout=60, log=root / "slurmctld.log")
+
+
 def stop(root: Path) -> None:
-    """Stop every daemon started from `root` (by the pid files they wrote), and wait until they are gone."""
+    """Cancel the jobs, stop every daemon started from `root` (by the pid files they wrote), and wait until
+    they are gone."""
     root = root.resolve()
+    if alive(root / "slurmctld.pid"):
+        cancel_jobs(root)
     pid_files = [*sorted(root.glob("slurmd-*.pid")), root / "slurmctld.pid", root / "munge" / "munged.pid"]
     for pid_file in pid_files:
         if alive(pid_file):

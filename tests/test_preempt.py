@@ -203,7 +203,7 @@ def test_slurm_job_warned_mid_training_requeues_itself_resumes_and_matches_an_un
         time.sleep(0.2)
     # The warning Slurm sends before the time limit (--signal=B:USR1@N), sent now: to the batch script only.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=slurm, check=True)
-    state = job_state(job_id, slurm)
+    state = job_state(job_id, slurm, log=log)
     text = log.read_text()
     assert state == "COMPLETED", text[-4000:]
     shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True)

@@ -41,8 +41,12 @@ def submitted(done: subprocess.CompletedProcess) -> tuple[str, Path]:
     return job_id, ROOT / log
 
 
-def job_state(job_id: str, env: dict[str, str], timeout: float = 900) -> str:
-    """The job's final state, from scontrol (no accounting database here; MinJobAge keeps it visible)."""
+def job_state(job_id: str, env: dict[str, str], timeout: float = 900, log: Path | None = None) -> str:
+    """The job's final state, from scontrol (no accounting database here; MinJobAge keeps it visible).
+
+    A job still unfinished at the timeout is cancelled (it must not load the rest of the suite) and the
+    failure carries what tells why: the job's record, the nodes' states and reasons, and its log's tail.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True)
@@ -50,7 +54,15 @@ def job_state(job_id: str, env: dict[str, str], timeout: float = 900) -> str:
         if state and state.group(1) in DONE:
             return state.group(1)
         time.sleep(2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+    nodes = subprocess.run(["sinfo", "-N", "-o", "%N %T %E"], env=env, capture_output=True, text=True)
+    ps = ["ps", "-eo", "pid,ppid,stat,etime,time,args", "--forest"]
+    processes = subprocess.run(ps, capture_output=True, text=True, timeout=30)
+    subprocess.run(["scancel", job_id], env=env)
+    tail = log.read_text()[-4000:] if log and log.exists() else f"(no log at {log})"
+    raise AssertionError(
+        f"job {job_id} did not finish in {timeout} s\n{shown.stdout}\n{nodes.stdout}\n"
+        f"{processes.stdout[-6000:]}\nlog tail:\n{tail}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def jobs(slurm, demo_inputs, tmp_path_factory):
     results = {}
     for name, done in submissions.items():
         job_id, log = submitted(done)
-        results[name] = {"id": job_id, "log": log, "stdout": done.stdout, "state": job_state(job_id, slurm)}
+        results[name] = {"id": job_id, "log": log, "stdout": done.stdout, "state": job_state(job_id, slurm, log=log)}
     results["out"] = out
     return results
 

@@ -6,6 +6,11 @@ DeepSpeed 0.19.8 compiles its ops against TORCH_CUDA_ARCH_LIST and parses every 
 `major.minor[+PTX]`: the `9.0a` that NVIDIA's images set on H100 machines crashes the build with
 `ValueError: invalid literal for int() with base 10: '0a'` (NOTES.md). sm_90 code runs on sm_90a GPUs,
 so dropping the letter suffix loses nothing DeepSpeed's ops use.
+
+On the CPU, DeepSpeed's backend JIT-compiles a shared-memory all-reduce at every start and leaves its
+69 MB buffer in /dev/shm per rank when the process ends (never unlinked): a few hundred test launches
+filled a 24 GB machine's memory and stalled it. Training never uses that op (only
+`inference_all_reduce` does), so `prepare_deepspeed` marks it unavailable and gloo does every reduction.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ def fix_arch_list(env: MutableMapping[str, str] = os.environ) -> str | None:
         return None
     env["TORCH_CUDA_ARCH_LIST"] = normal_arch_list(value)
     return env["TORCH_CUDA_ARCH_LIST"]
+
+
+def prepare_deepspeed() -> None:
+    """What a trainer does before DeepSpeed starts: a parsable arch list, no CPU shared-memory all-reduce."""
+    fix_arch_list()
+    import deepspeed.ops
+
+    # build_shm_op() returns None for an op it finds incompatible; the table is probed once per process.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def job_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:

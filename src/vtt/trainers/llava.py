@@ -16,7 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from vtt import checkpoints, disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import frame_size, llava_dataset, skip_rejected
-from vtt.jobenv import fix_arch_list
+from vtt.jobenv import prepare_deepspeed
 from vtt.offline import check_at_start
 from vtt.preempt import StopOnSignal
 from vtt.runlog import RunRecord
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
     argv = sys.argv[1:] if argv is None else argv
-    fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
+    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, video, training = parse_run_config(argv)

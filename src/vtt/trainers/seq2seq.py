@@ -14,7 +14,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 from vtt import checkpoints, disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
-from vtt.jobenv import fix_arch_list
+from vtt.jobenv import prepare_deepspeed
 from vtt.metrics import score
 from vtt.offline import check_at_start
 from vtt.preempt import StopOnSignal
@@ -83,7 +83,7 @@ def generation_metrics(tokenizer):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    fix_arch_list()  # before DeepSpeed can compile an op against a "9.0a" it cannot parse
+    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, text, training = parse_run_config(argv)
