@@ -11,6 +11,7 @@ and can wait longer than the training group's timeout while rank 0 uploads a mod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -80,19 +81,39 @@ def from_rank0(work: Callable[[], Any]) -> Any:
     return value
 
 
-def shutdown() -> None:
-    """Wait for every rank, then close all process groups (this module's gloo group included).
+def closes_process_groups(main: Callable[..., Any]) -> Callable[..., Any]:
+    """`main`, closing every process group (this module's gloo group included) however it ends.
 
-    Left open, their communication threads can still be running when the interpreter exits, and a
-    rank then dies with "terminate called without an active exception" (exit 250) after a run that
-    finished: seen on a 2-node Slurm job.
+    Left open, their communication threads can still be running when the interpreter exits, and the
+    rank then dies with "terminate called without an active exception" (exit 250) instead of its own
+    exit code: seen after a finished 2-node Slurm job, and after every rank exited 2 on a refused Hub
+    token. A 250 in place of 75 would also keep a stopped job from requeueing itself.
+    A finished `main` waits for every rank first (rank 0 may still be pushing the model); one that
+    raised, SystemExit included, closes at once: the other ranks may never reach a barrier.
     """
+
+    @functools.wraps(main)
+    def closing(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = main(*args, **kwargs)
+        except BaseException:
+            close()
+            raise
+        if distributed():
+            import torch.distributed as dist
+
+            dist.barrier(group=_cpu_group())
+        close()
+        return result
+
+    return closing
+
+
+def close() -> None:
+    """Close all process groups now, without waiting for the other ranks."""
     global _group
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if dist.get_world_size() > 1:
-        dist.barrier(group=_cpu_group())
-    dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     _group = None

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vtt import checkpoints, disk, hub, ranks
+from vtt import disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import frame_size, llava_dataset, skip_rejected
+from vtt.fit import fit
 from vtt.jobenv import prepare_deepspeed
 from vtt.offline import check_at_start
 from vtt.preempt import StopOnSignal
@@ -47,6 +48,7 @@ def fix_processor(processor, model_config) -> list[str]:
     return filled
 
 
+@ranks.closes_process_groups
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
@@ -87,30 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
     trainer.data_collator = skip_rejected(trainer.data_collator)
-    checkpoints.atomic_saves(trainer)
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
-    guard.exit_if_stopped()
-    stopper.exit_if_stopped()
-    trainer.save_model()
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training.output_dir)
     data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
-    if evaluation is not None:
-        data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
-    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
-        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
-        from vtt.evaluate import evaluate_model
-
-        evaluate_model(
-            training.output_dir,
-            run.eval_dataset,
-            batch_size=training.per_device_eval_batch_size,
-            device="cpu" if training.use_cpu else None,
-            num_frames=video.num_frames,
-        )
-    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
-    ranks.shutdown()
+    fit(
+        trainer, run, training, stopper=stopper, guard=guard, push=push, data=data, companion=processor,
+        eval_options={"num_frames": video.num_frames},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-from vtt import checkpoints, disk, hub, ranks
+from vtt import disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.data import seq2seq_dataset
+from vtt.fit import fit
 from vtt.jobenv import prepare_deepspeed
 from vtt.metrics import score
 from vtt.offline import check_at_start
@@ -81,6 +82,7 @@ def generation_metrics(tokenizer):
     return compute
 
 
+@ranks.closes_process_groups
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
@@ -120,30 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
         callbacks=[ThroughputCallback(), stopper, guard, RunRecord("seq2seq", run, text)],
     )
-    checkpoints.atomic_saves(trainer)
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
-    guard.exit_if_stopped()
-    stopper.exit_if_stopped()
-    trainer.save_model()
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        model.generation_config.save_pretrained(training.output_dir)
     data = {"dataset": run.dataset, "train_samples": len(train), "src_lang": text.src_lang, "tgt_lang": text.tgt_lang}
-    if evaluation is not None:
-        data.update(eval_dataset=run.eval_dataset, eval_samples=len(evaluation))
-    if run.eval_dataset and run.generate_eval and trainer.is_world_process_zero():
-        # Imported here: vtt.evaluate comes after the trainers (it loads back the model they saved).
-        from vtt.evaluate import evaluate_model
-
-        evaluate_model(
-            training.output_dir,
-            run.eval_dataset,
-            batch_size=training.per_device_eval_batch_size,
-            device="cpu" if training.use_cpu else None,
-            max_new_tokens=text.max_target_length,
-        )
-    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
-    ranks.shutdown()
+    fit(
+        trainer, run, training, stopper=stopper, guard=guard, push=push, data=data,
+        companion=model.generation_config, eval_options={"max_new_tokens": text.max_target_length},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
