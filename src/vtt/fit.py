@@ -1,6 +1,7 @@
 """What both trainers do once their Trainer is built: train (resuming), stop cleanly, save, evaluate, push.
 
-    fit(trainer, run, training, stopper=stopper, guard=guard, push=push, data=data, companion=processor)
+    fit(trainer, run, training, stopper=stopper, guard=guard, push=push, data=data, companion=processor,
+        eval_options={"num_frames": 8})
 
 Below the trainers, as video/data/config are: each trainer still builds its own model, data and Trainer.
 """
