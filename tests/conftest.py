@@ -22,6 +22,11 @@ def demo_inputs(tmp_path_factory) -> dict[str, Path]:
     return build_inputs(tmp_path_factory.mktemp("demo"))
 
 
+def tiny_run(demo_inputs: dict[str, Path], trainer: str) -> list[str]:
+    """The overrides that point a tiny run config at the demo's model for `trainer` and at its clips."""
+    return ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
+
+
 def train(config: str, gpus: int, overrides: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`vtt run` as a user types it; fails the test with the output when the launch fails."""
     command = [sys.executable, "-m", "vtt.cli", "run", "--config", config, "--gpus", str(gpus), *overrides]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import ROOT, train
+from conftest import ROOT, tiny_run, train
 from PIL import Image
 
 from vtt.metrics import score
@@ -59,7 +59,7 @@ def runs(demo_inputs, held_out, tmp_path_factory) -> dict[str, Path]:
     try:
         for trainer, config in CONFIGS.items():
             folder = out / trainer
-            overrides = ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
+            overrides = tiny_run(demo_inputs, trainer)
             overrides += ["--eval_dataset", str(held_out), "--output_dir", str(folder), "--max_steps", "6"]
             overrides += ["--eval_strategy", "steps", "--eval_steps", "3", "--per_device_eval_batch_size", "2"]
             if trainer == "seq2seq":

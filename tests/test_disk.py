@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import tiny_run
 from transformers import TrainerControl, TrainerState
 
 from vtt.config import parse_run_config
@@ -49,10 +50,7 @@ def seq2seq_run(demo_inputs, out: Path, *extra: str) -> list[str]:
     return [
         "--config",
         "jobs/tiny-seq2seq.yaml",
-        "--model_name_or_path",
-        str(demo_inputs["seq2seq"]),
-        "--dataset",
-        str(demo_inputs["manifest"]),
+        *tiny_run(demo_inputs, "seq2seq"),
         "--output_dir",
         str(out),
         "--save_strategy",

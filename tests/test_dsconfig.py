@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 
 from vtt.cli import main as vtt
 from vtt.dsconfig import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
@@ -339,8 +340,8 @@ def test_runtime_fails_where_check_names_the_key(demo_inputs, tmp_path):
     ds["gradient_accumulation_steps"] = 2  # right for 1 GPU (global batch 4, micro batch 2), wrong for 2
     path = tmp_path / "ga-for-one-gpu.json"
     path.write_text(json.dumps(ds))
-    overrides = ["--model_name_or_path", str(demo_inputs["seq2seq"]), "--dataset", str(demo_inputs["manifest"]),
-                 "--deepspeed", str(path), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"]  # fmt: skip
+    overrides = [*tiny_run(demo_inputs, "seq2seq"), "--deepspeed", str(path), "--output_dir", str(tmp_path / "run")]
+    overrides += ["--max_steps", "1"]
     assert check_run("jobs/tiny-seq2seq.yaml", 1, overrides=overrides).ok
     report = check_run("jobs/tiny-seq2seq.yaml", 2, overrides=overrides)
     assert [(p.key, p.value, p.expected) for p in report.errors] == [("gradient_accumulation_steps", 2, 1)]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 from fake_hub import FakeHub
 
 from vtt.hub import PUSH_FAILED_EXIT, TOKEN_EXIT
@@ -102,10 +103,7 @@ def train(overrides: list[str], env: dict[str, str], gpus: int = 1) -> subproces
 
 def seq2seq_overrides(demo_inputs, out: Path) -> list[str]:
     return [
-        "--model_name_or_path",
-        str(demo_inputs["seq2seq"]),
-        "--dataset",
-        str(demo_inputs["manifest"]),
+        *tiny_run(demo_inputs, "seq2seq"),
         "--output_dir",
         str(out),
         "--max_steps",

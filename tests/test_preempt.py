@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import ROOT, logged_losses, train
+from conftest import ROOT, logged_losses, tiny_run, train
 
 from vtt import checkpoints, disk, hub, jobs, preempt
 from vtt.clusters import load_profile
@@ -36,7 +36,7 @@ GPUS = 2
 
 def overrides(demo_inputs, out: Path) -> list[str]:
     return [
-        *("--model_name_or_path", str(demo_inputs["seq2seq"]), "--dataset", str(demo_inputs["manifest"])),
+        *tiny_run(demo_inputs, "seq2seq"),
         *("--max_steps", str(STEPS), "--output_dir", str(out)),
     ]
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, logged_losses, train
+from conftest import ROOT, logged_losses, tiny_run, train
 
 from vtt.clusters import load_profile
 
@@ -120,7 +120,7 @@ def test_llava_job_on_two_nodes_runs_one_launcher_per_node_and_saves_its_model(j
 def test_two_node_losses_equal_a_one_node_two_process_run(jobs, demo_inputs, tmp_path):
     assert jobs["llava-2-nodes"]["state"] == "COMPLETED"
     local = tmp_path / "local"
-    overrides = ["--model_name_or_path", str(demo_inputs["llava"]), "--dataset", str(demo_inputs["manifest"])]
+    overrides = tiny_run(demo_inputs, "llava")
     train("jobs/tiny-llava.yaml", 2, [*overrides, "--output_dir", str(local)])
     two_nodes = logged_losses(jobs["out"] / "llava")
     assert len(two_nodes) == 12

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import logged_losses, train
+from conftest import logged_losses, tiny_run, train
 from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM, AutoProcessor, AutoTokenizer
 
 from vtt.video import sample_frames
@@ -26,7 +26,7 @@ def runs(request, demo_inputs, tmp_path_factory):
     """The trainer's run folders after 1x4 and 2x2 trainings of 6 steps, their output, what they left in /dev/shm."""
     trainer = request.param
     out = tmp_path_factory.mktemp(trainer)
-    common = ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
+    common = tiny_run(demo_inputs, trainer)
     common += ["--max_steps", "6", "--global_batch_size", "4"]
     folders, logs, shm_before = {}, "", shm_buffers()
     for gpus, micro in ((1, 4), (2, 2)):

@@ -1,40 +1,69 @@
-"""What both trainers do once their Trainer is built: train (resuming), stop cleanly, save, evaluate, push.
+"""What both trainers do before their model loads and after their Trainer is built.
 
-    fit(trainer, run, training, stopper=stopper, guard=guard, push=push, data=data, companion=processor,
-        eval_options={"num_frames": 8})
+    job = start(argv, "llava")       # checks that fail fast, the signal handler, the parsed run config
+    ...                              # the trainer's own model, data and Trainer(callbacks=job.callbacks())
+    fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": 8})
 
 Below the trainers, as video/data/config are: each trainer still builds its own model, data and Trainer.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from typing import Any
 
-from vtt import checkpoints, hub
+from vtt import checkpoints, disk, hub
+from vtt.config import parse_run_config
+from vtt.jobenv import prepare_deepspeed
+from vtt.offline import check_at_start
+from vtt.preempt import StopOnSignal
+from vtt.runlog import RunRecord
+from vtt.throughput import ThroughputCallback
 
 
-def fit(
-    trainer: Any,
-    run: Any,
-    training: Any,
-    *,
-    stopper: Any,
-    guard: Any,
-    push: Any,
-    data: dict[str, Any],
-    companion: Any,
-    eval_options: dict[str, Any],
-) -> None:
+@dataclass
+class Job:
+    """A started run: its name, parsed arguments, and the pieces that stop or publish it."""
+
+    trainer: str
+    run: Any  # vtt's run arguments (dataset, model, ...)
+    task: Any  # the trainer's own arguments (video sampling, or text languages and lengths)
+    training: Any  # the Trainer's arguments
+    stopper: StopOnSignal
+    guard: Any  # disk.SaveGuard
+    push: Any  # hub's plan for the final model, None when not pushing
+
+    def callbacks(self) -> list[Any]:
+        return [ThroughputCallback(), self.stopper, self.guard, RunRecord(self.trainer, self.run, self.task)]
+
+
+def start(argv: list[str] | None, trainer: str) -> Job:
+    """Parse `argv` (default: the command line) for `trainer`, after and before what must come first."""
+    argv = sys.argv[1:] if argv is None else argv
+    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
+    check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
+    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
+    run, task, training = parse_run_config(argv)
+    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
+    push = hub.plan_model_push(argv, run, training, trainer)
+    disk.preflight(run, training, trainer)
+    guard = disk.guard_for(run, training, trainer)
+    return Job(trainer, run, task, training, stopper, guard, push)
+
+
+def fit(trainer: Any, job: Job, *, data: dict[str, Any], companion: Any, eval_options: dict[str, Any]) -> None:
     """Train `trainer` to the end and publish the result.
 
     companion: what rank 0 saves beside the model with `save_pretrained` (a processor, a generation config);
     data: the dataset facts for the model card; eval_options: extra arguments of `evaluate_model`.
     A signal or a full disk ends the process here with its exit code, after its checkpoint.
     """
+    run, training = job.run, job.training
     checkpoints.atomic_saves(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
-    guard.exit_if_stopped()
-    stopper.exit_if_stopped()
+    job.guard.exit_if_stopped()
+    job.stopper.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
@@ -52,4 +81,4 @@ def fit(
             device="cpu" if training.use_cpu else None,
             **eval_options,
         )
-    hub.push_model(push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
+    hub.push_model(job.push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))

@@ -8,20 +8,13 @@ frame, the assistant turn holds the answer; the loss covers the answer only.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vtt import disk, hub, ranks
-from vtt.config import parse_run_config
+from vtt import ranks
 from vtt.data import frame_size, llava_dataset, skip_rejected
-from vtt.fit import fit
-from vtt.jobenv import prepare_deepspeed
-from vtt.offline import check_at_start
-from vtt.preempt import StopOnSignal
-from vtt.runlog import RunRecord
-from vtt.throughput import ThroughputCallback
+from vtt.fit import fit, start
 from vtt.video import Sampling
 
 
@@ -52,15 +45,8 @@ def fix_processor(processor, model_config) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
-    argv = sys.argv[1:] if argv is None else argv
-    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
-    check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
-    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
-    run, video, training = parse_run_config(argv)
-    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
-    push = hub.plan_model_push(argv, run, training, "llava")
-    disk.preflight(run, training, "llava")
-    guard = disk.guard_for(run, training, "llava")
+    job = start(argv, "llava")
+    run, video, training = job.run, job.task, job.training
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
@@ -85,15 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        callbacks=[ThroughputCallback(), stopper, guard, RunRecord("llava", run, video)],
+        callbacks=job.callbacks(),
     )
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
     trainer.data_collator = skip_rejected(trainer.data_collator)
     data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
-    fit(
-        trainer, run, training, stopper=stopper, guard=guard, push=push, data=data, companion=processor,
-        eval_options={"num_frames": video.num_frames},
-    )  # fmt: skip
+    fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
 
 
 if __name__ == "__main__":

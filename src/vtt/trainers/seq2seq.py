@@ -5,22 +5,14 @@ deepspeed --num_gpus 4 --module vtt.trainers.seq2seq --config jobs/seq2seq.yaml 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-from vtt import disk, hub, ranks
-from vtt.config import parse_run_config
+from vtt import ranks
 from vtt.data import seq2seq_dataset
-from vtt.fit import fit
-from vtt.jobenv import prepare_deepspeed
+from vtt.fit import fit, start
 from vtt.metrics import score
-from vtt.offline import check_at_start
-from vtt.preempt import StopOnSignal
-from vtt.runlog import RunRecord
-from vtt.throughput import ThroughputCallback
 
 
 def token_sum_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
@@ -84,15 +76,8 @@ def generation_metrics(tokenizer):
 
 @ranks.closes_process_groups
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
-    check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
-    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
-    run, text, training = parse_run_config(argv)
-    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
-    push = hub.plan_model_push(argv, run, training, "seq2seq")
-    disk.preflight(run, training, "seq2seq")
-    guard = disk.guard_for(run, training, "seq2seq")
+    job = start(argv, "seq2seq")
+    run, text, training = job.run, job.task, job.training
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
     model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
     set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
@@ -120,13 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
         compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
-        callbacks=[ThroughputCallback(), stopper, guard, RunRecord("seq2seq", run, text)],
+        callbacks=job.callbacks(),
     )
     data = {"dataset": run.dataset, "train_samples": len(train), "src_lang": text.src_lang, "tgt_lang": text.tgt_lang}
-    fit(
-        trainer, run, training, stopper=stopper, guard=guard, push=push, data=data,
-        companion=model.generation_config, eval_options={"max_new_tokens": text.max_target_length},
-    )  # fmt: skip
+    eval_options = {"max_new_tokens": text.max_target_length}
+    fit(trainer, job, data=data, companion=model.generation_config, eval_options=eval_options)
 
 
 if __name__ == "__main__":
