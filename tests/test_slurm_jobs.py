@@ -69,8 +69,8 @@ def job_state(job_id: str, env: dict[str, str], timeout: float = 900, log: Path 
 def jobs(slurm, demo_inputs, tmp_path_factory):
     """Three jobs submitted at once (they overlap on the test cluster's two nodes), then waited for."""
     out = tmp_path_factory.mktemp("slurm-runs")
-    inputs = f"--model_name_or_path {demo_inputs['llava']} --dataset {demo_inputs['manifest']}"
-    seq2seq = f"--model_name_or_path {demo_inputs['seq2seq']} --dataset {demo_inputs['manifest']}"
+    inputs = " ".join(tiny_run(demo_inputs, "llava"))
+    seq2seq = " ".join(tiny_run(demo_inputs, "seq2seq"))
     bad = f"--model_name_or_path {demo_inputs['llava']} --dataset {out}/missing/manifest.jsonl"
     submissions = {
         "seq2seq": make_submit(
