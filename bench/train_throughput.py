@@ -43,11 +43,11 @@ def vit_flops_per_patch(c, patches: int) -> float:
     return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * patches
 
 
-def llava_flops_per_sample(config, seq: int, frames: int) -> float:
+def llava_flops_per_sample(config, seq: int, frames: int, train_vision: bool = True) -> float:
+    """Training FLOPs of one sample; a frozen vision tower runs forward only (2 of the 6 N·T)."""
     patches_per_frame = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
-    return lm_flops_per_token(config.text_config, seq) * seq + vit_flops_per_patch(
-        config.vision_config, patches_per_frame
-    ) * (patches_per_frame * frames)
+    vision = vit_flops_per_patch(config.vision_config, patches_per_frame) * (patches_per_frame * frames)
+    return lm_flops_per_token(config.text_config, seq) * seq + (vision if train_vision else vision / 3)
 
 
 def seq2seq_flops_per_token(c) -> float:
@@ -68,18 +68,23 @@ def write_data(work: Path, samples: int, clips: int, size: int, trainer: str) ->
     for i in range(clips):
         name = f"clip{i:03d}.mp4"
         if not (videos / name).exists():
-            write_video(videos / name, list(COLOURS)[i % 4], list(DIRECTIONS)[i % 4], frames=24, size=(size, size))
+            partial = videos / f".{os.getpid()}.{name}"
+            write_video(partial, list(COLOURS)[i % 4], list(DIRECTIONS)[i % 4], frames=24, size=(size, size))
+            partial.replace(videos / name)
         names.append(name)
     lines = []
     for i in range(samples):
         question = " ".join(rng.choice(VOCABULARY, SEED_QUESTION_WORDS))
-        answer = " ".join(rng.choice(VOCABULARY, SEED_ANSWER_WORDS))
+        # Answers of 20-60 words (40 on average, as the seed's): real batches are padded.
+        answer = " ".join(rng.choice(VOCABULARY, rng.integers(SEED_ANSWER_WORDS // 2, SEED_ANSWER_WORDS * 3 // 2 + 1)))
         row = {"id": str(i), "video": names[i % clips], "question": question, "answer": answer}
         if trainer == "seq2seq":
             row.update(title=" ".join(rng.choice(VOCABULARY, 4)), tags=["video", "clip"])
         lines.append(json.dumps(row))
     manifest = videos / "manifest.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
+    partial = videos / f".manifest.{os.getpid()}"  # benches on other GPUs may read it meanwhile
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(manifest)
     return manifest
 
 
@@ -91,8 +96,10 @@ def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[
 
 
 def run_seed(args, work: Path, model: Path, manifest: Path) -> dict:
+    from vtt.launch import free_port
+
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.gpus)]
-    command += ["--master_port", "29611", args.seed_script, *shlex.split(args.seed_args)]
+    command += ["--master_port", str(free_port()), args.seed_script, *shlex.split(args.seed_args)]
     if args.trainer == "seq2seq":  # the seq2seq seed script trains on this run's model and data
         command += ["--model", str(model), "--manifest", str(manifest)]
     code, text, wall = run_logged(command, work / "seed.log")
@@ -129,6 +136,8 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
         return {"name": name, "error": f"exit {code}", "tail": text[-2500:]}
     result = json.loads(summary_file.read_text())
     tokens = result.get("tokens_per_second_per_gpu", 0.0)
+    task = json.loads((out / "vtt-run.json").read_text())["task"]
+    result["freeze_vision_tower"] = task.get("freeze_vision_tower", False)
     flops_per_token = per_sample(result)
     result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
     return result
@@ -175,21 +184,24 @@ def main() -> None:
         if args.trainer == "seq2seq":
             return seq2seq_flops_per_token(config)
         seq = result.get("sequence_length") or args.seq
-        return llava_flops_per_sample(config, seq, args.frames) / seq
+        return llava_flops_per_sample(config, seq, args.frames, not result["freeze_vision_tower"]) / seq
 
     args.seq = sequence_length(model, manifest, args.frames) if args.trainer == "llava" else 0
     results = []
+
+    def record(result: dict) -> None:
+        # Written as each run ends: a bench cut off by a time limit keeps the runs that finished.
+        results.append(result)
+        print("RESULT " + json.dumps(result), flush=True)
+        if args.out:
+            with args.out.open("a") as sink:
+                sink.write(json.dumps({"arch": args.arch, "gpu": gpu_name(), "gpus": args.gpus, **result}) + "\n")
+
     if args.seed_script:
-        results.append(run_seed(args, work, model, manifest))
-        print("RESULT " + json.dumps(results[-1]), flush=True)
+        record(run_seed(args, work, model, manifest))
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
-        results.append(run_vtt(args, work, name, overrides, model, manifest, flops_per_token))
-        print("RESULT " + json.dumps(results[-1]), flush=True)
-    if args.out:
-        with args.out.open("a") as sink:
-            for result in results:
-                sink.write(json.dumps({"arch": args.arch, "gpu": gpu_name(), **result}) + "\n")
+        record(run_vtt(args, work, name, overrides, model, manifest, flops_per_token))
     print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
     print(f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}")
     for r in results:

@@ -22,9 +22,9 @@ from vtt.disk import (
     SaveGuard,
     checkpoint_bytes,
     estimate,
-    parameter_count,
     small_files,
 )
+from vtt.modelsize import parameter_count
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,6 @@ parameter under DeepSpeed (fp32 master weights + Adam's two moments), 8 without 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from vtt import ranks
+from vtt.modelsize import parameter_count
 
 # errno ENOSPC: "No space left on device". Documented in README.md for the Slurm requeue loop.
 DISK_FULL_EXIT = 28
@@ -49,19 +49,6 @@ def size(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n / 1e3:.1f} kB"
-
-
-@functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start
-def parameter_count(model_name_or_path: str, trainer: str) -> int:
-    """Parameters of the model a trainer builds, from its config only (meta device: no weights read)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
-
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    auto = AutoModelForImageTextToText if trainer == "llava" else AutoModelForSeq2SeqLM
-    with init_empty_weights():
-        model = auto.from_config(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")

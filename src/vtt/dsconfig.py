@@ -24,6 +24,7 @@ with every value the Trainer owns set to "auto".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -36,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vtt.modelsize import count_parameters
 from vtt.paths import shipped
 
 # The DeepSpeed keys transformers' trainer_config_process/finalize compare with TrainingArguments
@@ -499,13 +501,7 @@ def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, 
     except Exception as err:  # e.g. ValueError for a model type this transformers does not know
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, None, f"no usable config for {name}: {first[:160]}"
-    import torch
-    from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
-
-    auto = {"llava": AutoModelForImageTextToText, "seq2seq": AutoModelForSeq2SeqLM}.get(trainer or "", AutoModel)
-    with torch.device("meta"):
-        model = auto.from_config(config)
-    return sum(p.numel() for p in model.parameters()), config, None
+    return count_parameters(config, trainer), config, None
 
 
 def estimate_memory(params: int, written: dict, args: Any, world: int) -> MemoryEstimate:
@@ -575,8 +571,11 @@ def check_run(
     """
     if gpus < 1 or nodes < 1:
         raise ValueError(f"--gpus {gpus} --nodes {nodes}: both must be at least 1")
-    world = gpus * nodes
-    _quiet()
+    with _quiet():
+        return _check(config, gpus * nodes, overrides, deepspeed, gpu_memory_gb, disk)
+
+
+def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, disk: bool) -> CheckReport:
     overrides, from_argv = _pop_option(list(overrides), "--deepspeed")
     run, args, named, problems = _training_arguments(config, world, overrides)
     chosen = deepspeed or from_argv or named
@@ -662,11 +661,23 @@ def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
     return changed
 
 
-def _quiet() -> None:
-    """DeepSpeed and transformers log at import and config time; a check prints only its findings."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no accelerator probe, no "Setting accelerator" warning
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DeepSpeed and transformers log at import and config time; a check prints only its findings.
+
+    DS_ACCELERATOR=cpu (no accelerator probe, no "Setting accelerator" warning) holds only while the
+    check runs: left in the environment, `vtt run`'s trainers inherited it and DeepSpeed put ZeRO-3's
+    parameters on the CPU beside NCCL ("No backend type associated with device type cpu").
+    """
+    saved = os.environ.get("DS_ACCELERATOR")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     for name in ("DeepSpeed", "deepspeed", "transformers", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DS_ACCELERATOR", None)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import ranks
+from vtt.attention import enable_right_padded_sdpa
 from vtt.data import frame_size, llava_dataset, skip_rejected
 from vtt.fit import fit, start
 from vtt.video import Sampling
@@ -41,6 +42,14 @@ def fix_processor(processor, model_config) -> list[str]:
     return filled
 
 
+def freeze_vision_tower(model) -> None:
+    """Keep the vision encoder's weights: out of the optimizer, and no backward pass through it."""
+    tower = getattr(getattr(model, "model", None), "vision_tower", None)
+    if tower is None:
+        raise ValueError(f"freeze_vision_tower: {type(model).__name__} has no model.vision_tower; set it to false")
+    tower.requires_grad_(False)
+
+
 @ranks.closes_process_groups
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
@@ -50,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
+    if video.flash_sdpa:
+        enable_right_padded_sdpa(model)
+    if video.freeze_vision_tower:
+        freeze_vision_tower(model)
     # Frames come out of the decoder at the processor's size: a 4K clip costs a worker 384 px frames.
     sampling = Sampling(
         num_frames=video.num_frames,

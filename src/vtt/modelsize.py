@@ -1,0 +1,51 @@
+"""The parameter count of the model a trainer builds, from its config alone: built on the meta device,
+no weights read, no network. The pre-flight check (memory) and the disk guard (checkpoint size) use it.
+
+    from vtt.modelsize import parameter_count
+    parameter_count("outputs/demo/models/tiny-llava", "llava")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+TRAINER_AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
+
+
+@contextlib.contextmanager
+def no_zero3_init():
+    """Hide a live ZeRO-3 TrainingArguments from `from_config` while a model is counted.
+
+    Parsing a ZeRO-3 run config registers it process-wide, and from_config then builds the model under
+    deepspeed.zero.Init: a process group on port 29500 (taken when two runs start side by side) and
+    weight init on meta tensors ("Cannot copy out of meta tensor"). transformers keeps the registration
+    in a module-level weak reference with no public getter; it is put back as it was.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def count_parameters(config, trainer: str | None) -> int:
+    """Parameters of the model `trainer` builds from `config` (a transformers config object)."""
+    import torch
+    import transformers
+
+    auto = getattr(transformers, TRAINER_AUTO_CLASSES.get(trainer or "", "AutoModel"))
+    with torch.device("meta"), no_zero3_init():
+        model = auto.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start
+def parameter_count(model_name_or_path: str, trainer: str) -> int:
+    """Parameters of the model in a local folder or a cached hub id (its config.json only)."""
+    from transformers import AutoConfig
+
+    return count_parameters(AutoConfig.from_pretrained(model_name_or_path), trainer)
