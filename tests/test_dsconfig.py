@@ -350,3 +350,31 @@ def test_runtime_fails_where_check_names_the_key(demo_inputs, tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "ds gradient_accumulation_steps=2 vs hf gradient_accumulation_steps=1" in done.stdout + done.stderr
+
+
+def test_check_leaves_no_cpu_accelerator_to_the_trainers_it_precedes(demo_inputs, monkeypatch):
+    # `vtt run` checks, then starts the trainers with its environment: DS_ACCELERATOR=cpu left there put
+    # DeepSpeed on the CPU in GPU jobs (ZeRO-3 failed at model load).
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    check_run(str(ROOT / "jobs" / "llava.yaml"), 2, overrides=tiny_run(demo_inputs, "llava"))
+    assert "DS_ACCELERATOR" not in os.environ
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")  # a user's own choice stays
+    check_run(str(ROOT / "jobs" / "llava.yaml"), 2, overrides=tiny_run(demo_inputs, "llava"))
+    assert os.environ["DS_ACCELERATOR"] == "cuda"
+
+
+def test_model_is_counted_beside_a_live_zero3_config(demo_inputs):
+    # A trainer parses its ZeRO-3 run config (registered process-wide by transformers) before the
+    # disk guard counts the model: counting must not start deepspeed.zero.Init.
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from vtt.config import parse_run_config
+    from vtt.modelsize import count_parameters
+
+    expected = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"]).parameters())
+    config = [str(ROOT / "jobs" / "llava.yaml"), *tiny_run(demo_inputs, "llava")]
+    _, _, training = parse_run_config(["--config", *config], 1)
+    assert is_deepspeed_zero3_enabled()
+    assert count_parameters(AutoConfig.from_pretrained(demo_inputs["llava"]), "llava") == expected
+    assert is_deepspeed_zero3_enabled() and training.deepspeed  # still registered for the trainer
