@@ -307,8 +307,10 @@ def test_memory_estimate_counts_real_architecture_without_weights(tmp_path, size
     memory = report.memory
     assert memory.skipped is None and low < memory.params < high  # published sizes: 0.9B and 8B
     assert not list((tmp_path / f"llava-{size}").glob("*.safetensors"))  # nothing but the config
-    # bf16 + Adam under ZeRO-3 on 8 GPUs: (2 + 2 + 12) bytes a parameter, partitioned 8 ways.
-    assert memory.total_gb == pytest.approx(16 * memory.params / 8 / 1e9)
+    # bf16 + Adam under ZeRO-3 on 8 GPUs: 2 bytes a parameter, + (2 + 12) a trained one, partitioned 8 ways;
+    # jobs/llava.yaml freezes the SigLIP-so400m tower (0.4B).
+    assert 0.35e9 < memory.params - memory.trained < 0.45e9
+    assert memory.total_gb == pytest.approx((2 * memory.params + 14 * memory.trained) / 8 / 1e9)
 
 
 def test_memory_error_when_model_states_cannot_fit_and_warning_within_ten_percent(tmp_path):
@@ -376,5 +378,22 @@ def test_model_is_counted_beside_a_live_zero3_config(demo_inputs):
     config = [str(ROOT / "jobs" / "llava.yaml"), *tiny_run(demo_inputs, "llava")]
     _, _, training = parse_run_config(["--config", *config], 1)
     assert is_deepspeed_zero3_enabled()
-    assert count_parameters(AutoConfig.from_pretrained(demo_inputs["llava"]), "llava") == expected
+    assert count_parameters(AutoConfig.from_pretrained(demo_inputs["llava"]), "llava") == (expected, expected)
     assert is_deepspeed_zero3_enabled() and training.deepspeed  # still registered for the trainer
+
+
+def test_memory_estimate_leaves_a_frozen_vision_tower_out_of_grads_and_optimizer(demo_inputs):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"])
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    config = str(ROOT / "jobs" / "llava.yaml")  # freeze_vision_tower: true, ZeRO-3, bf16
+    frozen = check_run(config, 2, overrides=tiny_run(demo_inputs, "llava")).memory
+    assert (frozen.params, frozen.trained) == (total, total - vision)
+    assert frozen.params_gb == pytest.approx(2 * total / 2 / 1e9)  # every weight is still held
+    assert frozen.optimizer_gb == pytest.approx(12 * (total - vision) / 2 / 1e9)
+    assert "trained" in frozen.line()
+    trained = check_run(config, 2, overrides=[*tiny_run(demo_inputs, "llava"), "--freeze_vision_tower", "false"])
+    assert trained.memory.trained == total
+    assert trained.memory.grads_gb == pytest.approx(2 * total / 2 / 1e9)

@@ -92,6 +92,7 @@ class MemoryEstimate:
 
     model: str
     params: int | None = None
+    trained: int | None = None  # fewer than params when part of the model is frozen
     stage: int = 0
     world: int = 1
     offload_optimizer: str = "none"
@@ -115,8 +116,11 @@ class MemoryEstimate:
             if dev != "none"
         )
         against = f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else " (no GPU memory given: --gpu-memory)"
+        frozen = (
+            f" ({self.trained / 1e9:.2f}B trained)" if self.trained is not None and self.trained < self.params else ""
+        )
         return (
-            f"memory: {self.model}: {self.params / 1e9:.2f}B params, ZeRO-{self.stage} on {self.world} GPU(s)"
+            f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, ZeRO-{self.stage} on {self.world} GPU(s)"
             f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
             f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f})"
         )
@@ -186,8 +190,9 @@ def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
 
 def _training_arguments(
     config: str | Path | None, world: int, overrides: list[str]
-) -> tuple[Any, Any, str | None, list[Problem]]:
-    """(run arguments or None, training arguments, the DeepSpeed file the run config names, problems).
+) -> tuple[Any, Any, Any, str | None, list[Problem]]:
+    """(run arguments or None, task arguments or None, training arguments, the DeepSpeed file the run
+    config names, problems).
 
     Parsed with use_cpu so that bf16 parses on a login node; the DeepSpeed file is kept away from
     TrainingArguments here (it would start torch.distributed) and given the world size explicitly later.
@@ -202,7 +207,7 @@ def _training_arguments(
             )
         except SystemExit:  # argparse has printed which argument is bad
             raise ValueError(f"bad training argument in {' '.join(overrides)}") from None
-        return None, training, None, problems
+        return None, None, training, None, problems
 
     from vtt.config import gradient_accumulation_for, make_parser, parse_run_config, read_yaml, trainer_of
 
@@ -210,13 +215,13 @@ def _training_arguments(
     named = read_yaml(config).get("deepspeed")
     argv += ["--deepspeed", ""]
     try:
-        run, _, training = parse_run_config(argv, world=world, use_cpu=True)
+        run, task, training = parse_run_config(argv, world=world, use_cpu=True)
     except SystemExit:
         raise ValueError(f"{config}: bad training argument in {' '.join(overrides)}") from None
     except ValueError:
         # global_batch_size that does not divide for this world size is a finding, not a bad input:
         # report it and check the rest with the accumulation the config gives.
-        run, _, training = make_parser(trainer_of(argv)).parse_args_and_config([*argv, "--use_cpu", "true"])
+        run, task, training = make_parser(trainer_of(argv)).parse_args_and_config([*argv, "--use_cpu", "true"])
         if run.global_batch_size is None:
             raise
         try:
@@ -236,7 +241,7 @@ def _training_arguments(
             )
         else:
             raise
-    return run, training, named, problems
+    return run, task, training, named, problems
 
 
 class _AtWorld:
@@ -489,9 +494,11 @@ def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:
-    """(parameter count, model config, why not) from the model's config alone: built on the meta
-    device, no weights read, no network (a hub id must be in the local cache)."""
+def _model_parameters(
+    name: str, trainer: str | None, vision_frozen: bool = False
+) -> tuple[tuple[int, int] | None, Any, str | None]:
+    """((all, trained) parameters, model config, why not) from the model's config alone: built on the
+    meta device, no weights read, no network (a hub id must be in the local cache)."""
     try:
         from transformers import AutoConfig
 
@@ -501,14 +508,16 @@ def _model_parameters(name: str, trainer: str | None) -> tuple[int | None, Any, 
     except Exception as err:  # e.g. ValueError for a model type this transformers does not know
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, None, f"no usable config for {name}: {first[:160]}"
-    return count_parameters(config, trainer), config, None
+    return count_parameters(config, trainer, vision_frozen), config, None
 
 
-def estimate_memory(params: int, written: dict, args: Any, world: int) -> MemoryEstimate:
+def estimate_memory(params: int, written: dict, args: Any, world: int, trained: int | None = None) -> MemoryEstimate:
     """ZeRO paper (Rajbhandari et al. 2020), mixed precision with Adam: 2Ψ params + 2Ψ grads + 12Ψ
     optimizer (fp32 master, momentum, variance); in fp32 4Ψ + 4Ψ + 8Ψ. Stage 1 partitions the
     optimizer states, 2 the grads too, 3 the params too; what is offloaded leaves the GPU (as in
-    DeepSpeed's estimate_zero*_model_states_mem_needs, less their working buffers)."""
+    DeepSpeed's estimate_zero*_model_states_mem_needs, less their working buffers). Frozen parameters
+    (`trained` < `params`) have no grads and no optimizer states."""
+    trained = params if trained is None else trained
     zero = written.get("zero_optimization") or {}
     stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
     off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
@@ -516,8 +525,8 @@ def estimate_memory(params: int, written: dict, args: Any, world: int) -> Memory
     half = bool(args.bf16 or args.fp16)
     p_bytes, g_bytes, o_bytes = (2, 2, 12) if half else (4, 4, 8)
     params_b = p_bytes * params / (world if stage >= 3 else 1)
-    grads_b = g_bytes * params / (world if stage >= 2 else 1)
-    optim_b = o_bytes * params / (world if stage >= 1 else 1)
+    grads_b = g_bytes * trained / (world if stage >= 2 else 1)
+    optim_b = o_bytes * trained / (world if stage >= 1 else 1)
     if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
         optim_b = grads_b = 0.0
     if off_par != "none" and stage >= 3:
@@ -525,6 +534,7 @@ def estimate_memory(params: int, written: dict, args: Any, world: int) -> Memory
     return MemoryEstimate(
         model="",
         params=params,
+        trained=trained,
         stage=stage,
         world=world,
         offload_optimizer=off_opt,
@@ -577,7 +587,7 @@ def check_run(
 
 def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, disk: bool) -> CheckReport:
     overrides, from_argv = _pop_option(list(overrides), "--deepspeed")
-    run, args, named, problems = _training_arguments(config, world, overrides)
+    run, task, args, named, problems = _training_arguments(config, world, overrides)
     chosen = deepspeed or from_argv or named
     if not chosen:
         raise ValueError(
@@ -587,7 +597,10 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     written = read_deepspeed(path)
     report = CheckReport(deepspeed=str(chosen), world=world)
     report.errors += problems
-    params, model_config, why = _sized(run.model_name_or_path, run.trainer) if run else (None, None, None)
+    vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
+    counts, model_config, why = (
+        _model_parameters(run.model_name_or_path, run.trainer, vision_frozen) if run else (None, None, None)
+    )
     errors, warnings, filled = _runtime_problems(written, args, world, model_config, steps_known=args.max_steps > 0)
     if problems:  # no accumulation exists for this layout: batch findings would only repeat that
         errors = [p for p in errors if p.key not in BATCH_KEYS]
@@ -596,16 +609,16 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     report.config = filled
     if run is None:
         report.memory = MemoryEstimate(model="", skipped="no run config (--config): no model to size")
-    elif params is None:
+    elif counts is None:
         report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
     else:
-        report.memory = estimate_memory(params, written, args, world)
+        report.memory = estimate_memory(counts[0], written, args, world, trained=counts[1])
         report.memory.model = run.model_name_or_path
         report.memory.gpu_memory_gb = gpu_memory_gb
     mem_errors, mem_warnings = _memory_problems(report.memory)
     report.errors += mem_errors
     report.warnings += mem_warnings
-    if disk and run is not None and params is not None:
+    if disk and run is not None and counts is not None:
         report.errors += _disk_problems(run, args, str(config))
     return report
 
@@ -620,10 +633,6 @@ def _disk_problems(run, args, config: str) -> list[Problem]:
         detail, _, fix = str(err).partition(". Fix: ")
         return [Problem("output_dir", args.output_dir, None, fix, "vtt", detail=detail, file=config)]
     return []
-
-
-def _sized(name: str, trainer: str | None) -> tuple[int | None, Any, str | None]:
-    return _model_parameters(name, trainer)
 
 
 def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:

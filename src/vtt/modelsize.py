@@ -1,5 +1,6 @@
-"""The parameter count of the model a trainer builds, from its config alone: built on the meta device,
-no weights read, no network. The pre-flight check (memory) and the disk guard (checkpoint size) use it.
+"""The size of the model a trainer builds and what of it trains, from its config alone: built on the
+meta device, no weights read, no network. The pre-flight check (memory) and the disk guard (checkpoint
+size) count with it; the llava trainer freezes with the same function the check counts with.
 
     from vtt.modelsize import parameter_count
     parameter_count("outputs/demo/models/tiny-llava", "llava")
@@ -32,15 +33,26 @@ def no_zero3_init():
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-def count_parameters(config, trainer: str | None) -> int:
-    """Parameters of the model `trainer` builds from `config` (a transformers config object)."""
+def freeze_vision_tower(model) -> None:
+    """Keep a LLaVA's vision encoder as loaded: out of the optimizer, and no backward pass through it."""
+    tower = getattr(getattr(model, "model", None), "vision_tower", None)
+    if tower is None:
+        raise ValueError(f"freeze_vision_tower: {type(model).__name__} has no model.vision_tower; set it to false")
+    tower.requires_grad_(False)
+
+
+def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -> tuple[int, int]:
+    """(all, trained) parameters of the model `trainer` builds from `config` (a transformers config)."""
     import torch
     import transformers
 
     auto = getattr(transformers, TRAINER_AUTO_CLASSES.get(trainer or "", "AutoModel"))
     with torch.device("meta"), no_zero3_init():
         model = auto.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    if vision_frozen:
+        freeze_vision_tower(model)
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start
@@ -48,4 +60,4 @@ def parameter_count(model_name_or_path: str, trainer: str) -> int:
     """Parameters of the model in a local folder or a cached hub id (its config.json only)."""
     from transformers import AutoConfig
 
-    return count_parameters(AutoConfig.from_pretrained(model_name_or_path), trainer)
+    return count_parameters(AutoConfig.from_pretrained(model_name_or_path), trainer)[0]

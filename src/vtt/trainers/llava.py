@@ -16,6 +16,7 @@ from vtt import ranks
 from vtt.attention import enable_right_padded_sdpa
 from vtt.data import frame_size, llava_dataset, skip_rejected
 from vtt.fit import fit, start
+from vtt.modelsize import freeze_vision_tower
 from vtt.video import Sampling
 
 
@@ -40,14 +41,6 @@ def fix_processor(processor, model_config) -> list[str]:
             setattr(processor, name, value)
             filled.append(name)
     return filled
-
-
-def freeze_vision_tower(model) -> None:
-    """Keep the vision encoder's weights: out of the optimizer, and no backward pass through it."""
-    tower = getattr(getattr(model, "model", None), "vision_tower", None)
-    if tower is None:
-        raise ValueError(f"freeze_vision_tower: {type(model).__name__} has no model.vision_tower; set it to false")
-    tower.requires_grad_(False)
 
 
 @ranks.closes_process_groups
