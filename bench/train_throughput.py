@@ -119,7 +119,7 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
         "vtt.cli",
         "run",
         "--config",
-        f"jobs/{args.trainer}.yaml",
+        args.config or f"jobs/{args.trainer}.yaml",
         "--gpus",
         str(args.gpus),
     ]
@@ -127,8 +127,13 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
     command += ["--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "5", "--report_to", "none"]
     command += ["--disable_tqdm", "true", "--push_to_hub", "false"]
     overrides_list = shlex.split(overrides)
-    if "--global_batch_size" not in overrides_list:
-        micro = int(overrides_list[overrides_list.index("--per_device_train_batch_size") + 1])
+    if "--global_batch_size" not in overrides_list:  # one micro batch per optimizer step: steps are comparable
+        if "--per_device_train_batch_size" in overrides_list:
+            micro = int(overrides_list[overrides_list.index("--per_device_train_batch_size") + 1])
+        else:
+            from vtt.config import read_yaml
+
+            micro = read_yaml(ROOT / command[command.index("--config") + 1]).get("per_device_train_batch_size", 1)
         overrides_list += ["--global_batch_size", str(micro * args.gpus)]
     code, text, wall = run_logged([*command, *overrides_list], work / f"{name}.log")
     summary_file = out / "throughput.json"
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/vtt-bench"))
     parser.add_argument("--seed-script", help="path to seed_baseline.py (or seed_seq2seq.py); omitted: no baseline")
     parser.add_argument("--seed-args", default="--size 0.5b --batch 8 --workers 12 --gc --steps 25")
+    parser.add_argument("--config", help="the run config the vtt variants start from (default: jobs/<trainer>.yaml)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=overrides for `vtt run`")
     parser.add_argument("--out", type=Path, help="append RESULT lines to this file")
     args = parser.parse_args()
