@@ -96,10 +96,10 @@ def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[
 
 
 def run_seed(args, work: Path, model: Path, manifest: Path) -> dict:
-    from vtt.launch import free_port
+    from vtt.launch import per_node_launch
 
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.gpus)]
-    command += ["--master_port", str(free_port()), args.seed_script, *shlex.split(args.seed_args)]
+    # vtt's launch, so that a bench given CUDA_VISIBLE_DEVICES=2 runs its seed on GPU 2 as well
+    command = [*per_node_launch(args.gpus), args.seed_script, *shlex.split(args.seed_args)]
     if args.trainer == "seq2seq":  # the seq2seq seed script trains on this run's model and data
         command += ["--model", str(model), "--manifest", str(manifest)]
     code, text, wall = run_logged(command, work / "seed.log")

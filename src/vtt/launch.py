@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from vtt.config import trainer_of
@@ -32,23 +34,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], master_port: int | None = None) -> list[str]:
-    """The deepspeed launcher's command line that trains `config` on `gpus` local processes."""
-    trainer = trainer_of(["--config", str(config), *overrides])
+def local_devices(gpus: int, env: Mapping[str, str] = os.environ) -> list[int | str]:
+    """The devices `gpus` local processes train on: the first `gpus` of CUDA_VISIBLE_DEVICES, else 0..gpus-1.
+
+    DeepSpeed's runner, given --num_gpus, drops CUDA_VISIBLE_DEVICES and takes GPUs 0..n-1 — on a node
+    shared by jobs (Slurm without device cgroups sets CUDA_VISIBLE_DEVICES=2,3), someone else's GPUs.
+    """
+    entries = [entry.strip() for entry in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    visible = [int(entry) if entry.isdigit() else entry for entry in entries]  # indices, or GPU UUIDs
+    if not visible:
+        return list(range(gpus))
+    if gpus > len(visible):
+        raise ValueError(
+            f"--gpus {gpus}, but CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} lists {len(visible)}: "
+            f"pass --gpus {len(visible)} or make more devices visible"
+        )
+    return visible[:gpus]
+
+
+def per_node_launch(gpus: int, master_port: int | None = None) -> list[str]:
+    """DeepSpeed's per-node launcher (what its runner executes for one node), given the devices by name
+    so that each process sees CUDA_VISIBLE_DEVICES set to its job's devices. A script or `--module M`
+    and its arguments follow."""
+    from deepspeed.launcher.runner import encode_world_info
+
     return [
         sys.executable,
+        "-u",
         "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        str(gpus),
-        "--master_port",
-        str(master_port or free_port()),
-        "--module",
-        f"vtt.trainers.{trainer}",
-        "--config",
-        str(config),
-        *overrides,
+        "deepspeed.launcher.launch",
+        f"--world_info={encode_world_info({'localhost': local_devices(gpus)})}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={master_port or free_port()}",
     ]
+
+
+def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], master_port: int | None = None) -> list[str]:
+    """The command that trains `config` on `gpus` local processes."""
+    trainer = trainer_of(["--config", str(config), *overrides])
+    module = f"vtt.trainers.{trainer}"
+    return [*per_node_launch(gpus, master_port), "--module", module, "--config", str(config), *overrides]
 
 
 def _ignore_usr1() -> None:
