@@ -397,3 +397,14 @@ def test_memory_estimate_leaves_a_frozen_vision_tower_out_of_grads_and_optimizer
     trained = check_run(config, 2, overrides=[*tiny_run(demo_inputs, "llava"), "--freeze_vision_tower", "false"])
     assert trained.memory.trained == total
     assert trained.memory.grads_gb == pytest.approx(2 * total / 2 / 1e9)
+
+
+def test_dataloader_settings_torch_refuses_are_found_before_the_job(demo_inputs):
+    # jobs/llava.yaml keeps its 8 workers alive between epochs; with none, torch's DataLoader raises at step 0.
+    job = str(ROOT / "jobs" / "llava.yaml")
+    assert not [p for p in check_run(job, 1, overrides=tiny_run(demo_inputs, "llava")).errors if "dataloader" in p.key]
+    report = check_run(job, 1, overrides=[*tiny_run(demo_inputs, "llava"), "--dataloader_num_workers", "0"])
+    assert [(p.key, p.value) for p in report.errors] == [("dataloader_num_workers", 0)]
+    line = report.errors[0].line("error", report.deepspeed)
+    assert "jobs/llava.yaml: dataloader_num_workers=0" in line
+    assert "persistent_workers option needs num_workers > 0" in line and "dataloader_persistent_workers false" in line

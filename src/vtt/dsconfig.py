@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -596,7 +597,7 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     path = shipped(chosen)
     written = read_deepspeed(path)
     report = CheckReport(deepspeed=str(chosen), world=world)
-    report.errors += problems
+    report.errors += problems + _dataloader_problems(args, config)
     vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
     counts, model_config, why = (
         _model_parameters(run.model_name_or_path, run.trainer, vision_frozen) if run else (None, None, None)
@@ -621,6 +622,30 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     if disk and run is not None and counts is not None:
         report.errors += _disk_problems(run, args, str(config))
     return report
+
+
+def _dataloader_problems(args: Any, config: str | Path | None) -> list[Problem]:
+    """The DataLoader settings as torch's DataLoader checks them when the Trainer builds it, at the first
+    step (after the queue wait and the model load): it refuses them the same way here, without workers."""
+    from torch.utils.data import DataLoader
+
+    try:
+        with warnings.catch_warnings():  # its worker-count advice is about this machine, not the compute node
+            warnings.simplefilter("ignore")
+            DataLoader(
+                [],
+                num_workers=args.dataloader_num_workers,
+                persistent_workers=args.dataloader_persistent_workers,
+                prefetch_factor=args.dataloader_prefetch_factor,
+            )
+    except ValueError as err:
+        fix = "set dataloader_num_workers above 0, or dataloader_persistent_workers false"
+        fix += " and dataloader_prefetch_factor null"
+        detail = f"torch's DataLoader refuses it: {err}"
+        return [
+            Problem("dataloader_num_workers", args.dataloader_num_workers, None, fix, "vtt", detail, str(config or ""))
+        ]
+    return []
 
 
 def _disk_problems(run, args, config: str) -> list[Problem]:
