@@ -145,7 +145,19 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
     result["freeze_vision_tower"] = task.get("freeze_vision_tower", False)
     flops_per_token = per_sample(result)
     result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
+    result["check_model_states_gb"] = check_estimate(command, overrides_list, args.gpus)
     return result
+
+
+def check_estimate(run_command: list[str], overrides: list[str], gpus: int) -> float | None:
+    """`vtt check`'s model-state memory per GPU for the run just made, beside its measured figure."""
+    check = [sys.executable, "-m", "vtt.cli", "check", "--json", *run_command[4:], *overrides]
+    done = subprocess.run(check, capture_output=True, text=True, cwd=ROOT)
+    try:
+        return round(json.loads(done.stdout)["memory"]["total_gb"], 2)
+    except (ValueError, KeyError, TypeError):
+        print(f"vtt check gave no estimate: {done.stdout[-500:]} {done.stderr[-500:]}", flush=True)
+        return None
 
 
 def main() -> None:
@@ -209,7 +221,10 @@ def main() -> None:
         name, _, overrides = variant.partition("=")
         record(run_vtt(args, work, name, overrides, model, manifest, flops_per_token))
     print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
-    print(f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}")
+    print(
+        f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}"
+        f" {'states GB':>9s} {'check GB':>8s}"
+    )
     for r in results:
         tokens = r.get("tokens_per_s_per_gpu", r.get("tokens_per_second_per_gpu", 0))
         wait = r.get("data_wait_share")
@@ -217,6 +232,7 @@ def main() -> None:
         print(
             f"{r['name']:14s} {tokens:12,.0f} {r.get('mfu', 0):7.1%} {peak:8.1f}"
             f" {'' if wait is None else f'{wait:.1%}':>9s} {r.get('first_step_s', r.get('setup_s', '')):>10}"
+            f" {r.get('memory_between_steps_gb', ''):>9} {r.get('check_model_states_gb') or '':>8}"
             + (f"  ERROR {r['error']}" if "error" in r else "")
         )
 

@@ -9,6 +9,7 @@ Below the trainers, as video/data/config are: each trainer still builds its own 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from vtt.jobenv import prepare_deepspeed
 from vtt.offline import check_at_start
 from vtt.preempt import StopOnSignal
 from vtt.runlog import RunRecord
-from vtt.throughput import ThroughputCallback
+from vtt.throughput import PROFILE_ENV, ProfileCallback, ThroughputCallback
 
 
 @dataclass
@@ -35,7 +36,10 @@ class Job:
     push: Any  # hub's plan for the final model, None when not pushing
 
     def callbacks(self) -> list[Any]:
-        return [ThroughputCallback(), self.stopper, self.guard, RunRecord(self.trainer, self.run, self.task)]
+        callbacks = [ThroughputCallback(), self.stopper, self.guard, RunRecord(self.trainer, self.run, self.task)]
+        if os.environ.get(PROFILE_ENV):
+            callbacks.append(ProfileCallback(os.environ[PROFILE_ENV]))
+        return callbacks
 
 
 def start(argv: list[str] | None, trainer: str) -> Job:

@@ -1,9 +1,14 @@
 """Throughput of a training run: tokens/s per GPU, the share of step time spent waiting for data,
-peak GPU memory, and the time from launch to the first optimizer step.
+peak GPU memory, the memory the model states hold between steps, and the time from launch to the
+first optimizer step.
 
 Both trainers add `ThroughputCallback`; it logs `tokens_per_second_per_gpu` and `data_wait_share`
 with the losses and writes `throughput.json` into the output folder at the end (rank 0).
 `vtt run` sets VTT_LAUNCH_TIME so the first-step time counts the launcher and the model load.
+
+`VTT_PROFILE_STEPS=6-8` (any run) adds `ProfileCallback`: torch's profiler records those optimizer
+steps and each rank writes `profile-rank<N>.txt` to the output folder: where the GPU time went, by
+kind of kernel, and the top kernels.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 LAUNCH_TIME_ENV = "VTT_LAUNCH_TIME"
+PROFILE_ENV = "VTT_PROFILE_STEPS"
 
 
 def _sync() -> None:
@@ -36,6 +42,7 @@ class ThroughputCallback(TrainerCallback):
         self.ends: list[float] = []
         self.tokens: list[int] = []
         self.first_step_s: float | None = None
+        self.held_bytes = 0  # GPU memory still allocated after a step: model states and ZeRO's buffers
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begins.append(time.perf_counter())
@@ -44,6 +51,8 @@ class ThroughputCallback(TrainerCallback):
         _sync()
         self.ends.append(time.perf_counter())
         self.tokens.append(state.num_input_tokens_seen)
+        if torch.cuda.is_available():  # activations are freed; the optimizer has its states by now
+            self.held_bytes = max(self.held_bytes, torch.cuda.memory_allocated())
         if self.first_step_s is None:
             self.first_step_s = time.time() - self.launch
 
@@ -63,6 +72,7 @@ class ThroughputCallback(TrainerCallback):
                 out["tokens_per_second_per_gpu"] = round(float((tokens[-1] - tokens[0]) / step.sum() / world_size), 1)
         if torch.cuda.is_available():
             out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            out["memory_between_steps_gb"] = round(self.held_bytes / 1e9, 2)  # GB as vtt check counts
         return out
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -82,3 +92,91 @@ class ThroughputCallback(TrainerCallback):
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(self.summary(args.world_size), indent=2) + "\n")
             tmp.replace(path)
+
+
+# Kernel name patterns, first match wins: what kind of work a GPU kernel does.
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "addmm", "::mm", "linear")),
+    ("communication", ("nccl", "allreduce", "all_gather", "reduce_scatter")),
+    ("optimizer", ("adam", "multi_tensor", "optimizer")),
+    ("triton (fused)", ("triton",)),
+    ("copy", ("copy", "memcpy", "memset", "cat", "fill")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "elementwise/other")
+
+
+def parse_steps(text: str) -> tuple[int, int]:
+    """'6-8' or '6' -> (first, last) optimizer step, counting from 1."""
+    first, _, last = text.partition("-")
+    try:
+        steps = int(first), int(last or first)
+    except ValueError:
+        steps = (0, -1)
+    if not 1 <= steps[0] <= steps[1]:
+        raise ValueError(f"{PROFILE_ENV}={text!r}: give optimizer steps as FIRST-LAST, e.g. 6-8 (from 1)")
+    return steps
+
+
+class ProfileCallback(TrainerCallback):
+    """torch.profiler over optimizer steps `first`..`last`; writes a summary per rank to the output folder."""
+
+    def __init__(self, steps: str):
+        self.first, self.last = parse_steps(steps)
+        self.profiler = None
+        self.started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.first and self.profiler is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            _sync()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is not None and state.global_step >= self.last:
+            _sync()
+            wall = time.perf_counter() - self.started
+            self.profiler.__exit__(None, None, None)
+            path = Path(args.output_dir) / f"profile-rank{args.process_index}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(summarize(self.profiler, wall, self.last - self.first + 1))
+            tmp.replace(path)
+            self.profiler = None
+
+
+def summarize(profiler, wall_s: float, steps: int, top: int = 30) -> str:
+    """Device time by kind of kernel against the steps' wall time, then the top kernels (or CPU ops)."""
+    events = profiler.key_averages()
+    # The kernels themselves on a GPU (the ops that launched them carry the same time again), else CPU ops
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    on_gpu = any(e.self_device_time_total > 0 for e in kernels)
+
+    def self_us(e) -> float:
+        return e.self_device_time_total if on_gpu else e.self_cpu_time_total
+
+    # self time: a parent op's children are not counted twice
+    leaves = [e for e in (kernels if on_gpu else events) if self_us(e) > 0]
+    kinds: dict[str, float] = {}
+    for e in leaves:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + self_us(e)
+    busy = sum(kinds.values()) / 1e6
+    where = "GPU kernels" if on_gpu else "CPU ops (no GPU)"
+    lines = [f"{steps} step(s), {wall_s:.3f} s wall, {wall_s / steps:.3f} s a step; {where}: {busy:.3f} s busy"]
+    lines.append(f"{'kind':20s} {'s':>9s} {'% of wall':>9s}")
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{kind:20s} {us / 1e6:9.3f} {us / 1e6 / wall_s:9.1%}")
+    lines.append(f"{'idle (wall - busy)':20s} {wall_s - busy:9.3f} {1 - busy / wall_s:9.1%}")
+    lines.append("")
+    lines.append(f"{'s':>9s} {'calls':>7s}  top {top} {'kernels' if on_gpu else 'ops'} by self time")
+    for e in sorted(leaves, key=self_us, reverse=True)[:top]:
+        lines.append(f"{self_us(e) / 1e6:9.3f} {e.count:7d}  {e.key[:150]}")
+    return "\n".join(lines) + "\n"
