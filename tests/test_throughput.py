@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from vtt.throughput import ProfileCallback, ThroughputCallback, kernel_kind, parse_steps
+from vtt.throughput import ProfileCallback, ThroughputCallback, idle_gaps, kernel_kind, parse_steps
 
 
 def drive(callbacks, args, steps: int, work_s: float, wait_s: float, tokens_per_step: int = 100) -> None:
@@ -62,3 +62,24 @@ def test_kernel_kinds_of_known_gpu_kernels():
     assert kernel_kind("ncclDevKernel_AllReduce_Sum_bf16_RING_LL") == "communication"
     assert kernel_kind("multi_tensor_apply_kernel<TensorListMetadata<4>, AdamFunctor>") == "optimizer"
     assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>") == "elementwise/other"
+
+
+def test_idle_gaps_name_what_the_cpu_was_doing_while_no_kernel_ran():
+    from types import SimpleNamespace as Event
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(device, start, end, name, stack=()):
+        return Event(device_type=device, time_range=Event(start=start, end=end), name=name, stack=list(stack))
+
+    events = [
+        event(cuda, 0, 100, "gemm"),
+        event(cuda, 150, 200, "gemm"),  # a 50 us pause: below the threshold
+        event(cuda, 3200, 3300, "gemm"),
+        event(cpu, 0, 3250, "Optimizer.step"),
+        event(cpu, 1000, 2500, "aten::item", ["/v/site-packages/trl/trainer/sft_trainer.py(1643): compute_loss"]),
+    ]
+    lines = idle_gaps(events)
+    assert "1, 0.003 s in all" in lines[1]
+    assert "3.00 ms  Optimizer.step > aten::item" in lines[2]
+    assert "sft_trainer.py(1643)" in lines[3]

@@ -136,7 +136,8 @@ class ProfileCallback(TrainerCallback):
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             _sync()
-            self.profiler = torch.profiler.profile(activities=activities)
+            # with_stack: the Python frame of what the CPU was doing while the GPU sat idle
+            self.profiler = torch.profiler.profile(activities=activities, with_stack=True)
             self.profiler.__enter__()
             self.started = time.perf_counter()
 
@@ -153,11 +154,16 @@ class ProfileCallback(TrainerCallback):
             self.profiler = None
 
 
+def _is_kernel(event) -> bool:
+    # record_function ranges (Optimizer.step, ...) show on the GPU too, over the kernels they launched
+    return event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+
+
 def summarize(profiler, wall_s: float, steps: int, top: int = 30) -> str:
     """Device time by kind of kernel against the steps' wall time, then the top kernels (or CPU ops)."""
     events = profiler.key_averages()
     # The kernels themselves on a GPU (the ops that launched them carry the same time again), else CPU ops
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in events if _is_kernel(e)]
     on_gpu = any(e.self_device_time_total > 0 for e in kernels)
 
     def self_us(e) -> float:
@@ -175,8 +181,32 @@ def summarize(profiler, wall_s: float, steps: int, top: int = 30) -> str:
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"{kind:20s} {us / 1e6:9.3f} {us / 1e6 / wall_s:9.1%}")
     lines.append(f"{'idle (wall - busy)':20s} {wall_s - busy:9.3f} {1 - busy / wall_s:9.1%}")
+    if on_gpu:
+        lines += idle_gaps(profiler.events())
     lines.append("")
     lines.append(f"{'s':>9s} {'calls':>7s}  top {top} {'kernels' if on_gpu else 'ops'} by self time")
     for e in sorted(leaves, key=self_us, reverse=True)[:top]:
         lines.append(f"{self_us(e) / 1e6:9.3f} {e.count:7d}  {e.key[:150]}")
     return "\n".join(lines) + "\n"
+
+
+def idle_gaps(events, top: int = 12, min_us: float = 200.0) -> list[str]:
+    """The longest stretches with no kernel on the GPU, each with the CPU ops running at its middle
+    (outermost first) and the Python frames of the innermost: what the GPU was waiting for."""
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events if _is_kernel(e))
+    gaps, busy_until = [], kernels[0][1] if kernels else 0
+    for start, end in kernels[1:]:
+        if start > busy_until + min_us:
+            gaps.append((busy_until, start))
+        busy_until = max(busy_until, end)
+    total = sum(b - a for a, b in gaps)
+    lines = ["", f"GPU idle stretches over {min_us / 1e3:g} ms: {len(gaps)}, {total / 1e6:.3f} s in all; the longest:"]
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    for a, b in sorted(gaps, key=lambda g: g[0] - g[1])[:top]:
+        middle = (a + b) / 2
+        running = sorted((e for e in cpu if e.time_range.start <= middle <= e.time_range.end), key=lambda e: e.time_range.start)
+        chain = " > ".join(e.name for e in running[-6:]) or "(no op: Python between ops)"
+        lines.append(f"  {(b - a) / 1e3:8.2f} ms  {chain[:240]}")
+        frames = [f for f in (running[-1].stack if running else []) if "site-packages" in f or "/vtt/" in f]
+        lines += [f"               {f[-150:]}" for f in frames[:4]]
+    return lines
