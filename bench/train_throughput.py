@@ -223,7 +223,7 @@ def main() -> None:
     print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
     print(
         f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}"
-        f" {'states GB':>9s} {'check GB':>8s}"
+        f" {'states GB':>9s} {'check GB':>8s}"  # the model states' peak (optimizer step) and vtt check's estimate
     )
     for r in results:
         tokens = r.get("tokens_per_s_per_gpu", r.get("tokens_per_second_per_gpu", 0))
@@ -232,7 +232,7 @@ def main() -> None:
         print(
             f"{r['name']:14s} {tokens:12,.0f} {r.get('mfu', 0):7.1%} {peak:8.1f}"
             f" {'' if wait is None else f'{wait:.1%}':>9s} {r.get('first_step_s', r.get('setup_s', '')):>10}"
-            f" {r.get('memory_between_steps_gb', ''):>9} {r.get('check_model_states_gb') or '':>8}"
+            f" {r.get('model_states_peak_gb', ''):>9} {r.get('check_model_states_gb') or '':>8}"
             + (f"  ERROR {r['error']}" if "error" in r else "")
         )
 

@@ -126,3 +126,26 @@ def test_frozen_vision_tower_keeps_its_weights_while_the_rest_trains(demo_inputs
     others = [name for name in before if ".vision_tower." not in name]
     assert vision and all(torch.equal(before[name], after[name]) for name in vision)
     assert any(not torch.equal(before[name], after[name]) for name in others)
+
+
+def test_batches_padded_to_a_multiple_keep_right_padding_and_the_same_loss(demo_inputs):
+    import torch
+
+    from vtt.attention import is_right_padded
+    from vtt.data import pad_to_multiple
+
+    processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
+    model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"]).eval()
+    fix_processor(processor, model.config)
+    batch = collated_padded_batch(demo_inputs, model, processor)
+    length = batch["input_ids"].shape[1]
+    multiple = length + 5  # never a multiple already: the wrapper must add padding
+    padded = pad_to_multiple(lambda rows: dict(batch), multiple, processor.tokenizer.pad_token_id)([])
+    assert padded["input_ids"].shape[1] == multiple
+    assert (padded["input_ids"][:, length:] == processor.tokenizer.pad_token_id).all()
+    assert (padded["labels"][:, length:] == -100).all() and not padded["attention_mask"][:, length:].any()
+    assert is_right_padded(padded["attention_mask"])  # the flash path still applies
+    assert torch.equal(padded["pixel_values"], batch["pixel_values"])
+    with torch.no_grad():
+        assert torch.allclose(model(**padded).loss, model(**batch).loss, atol=1e-5)
+    assert pad_to_multiple(len, None, 0) is len  # not configured: the collator as it was

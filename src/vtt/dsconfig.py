@@ -16,8 +16,8 @@ instead of read from torch.distributed (a login node has none):
    the file gives only some of the three batch keys), ZeRO settings, bf16 and fp16 not both on.
 
 Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
-of model-state memory per GPU (the ZeRO paper's 2Ψ + 2Ψ + 12Ψ, partitioned by stage, offload and
-world size) is set against the GPU's memory when one is given. `--fix OUT` writes a copy of the file
+of model-state memory per GPU (DeepSpeed's own accounting in its estimate_zero2/zero3 functions, with
+frozen parameters and ZeRO's gradient buckets counted) is set against the GPU's memory when one is given. `--fix OUT` writes a copy of the file
 with every value the Trainer owns set to "auto".
 """
 
@@ -94,6 +94,7 @@ class MemoryEstimate:
     model: str
     params: int | None = None
     trained: int | None = None  # fewer than params when part of the model is frozen
+    largest_layer: int | None = None  # parameters of the biggest single module (ZeRO-3 gathers it whole)
     stage: int = 0
     world: int = 1
     offload_optimizer: str = "none"
@@ -101,12 +102,13 @@ class MemoryEstimate:
     params_gb: float = 0.0
     grads_gb: float = 0.0
     optimizer_gb: float = 0.0
+    buffers_gb: float = 0.0  # ZeRO's working buffers: gradient buckets (stage 1-2), the largest layer gathered (3)
     gpu_memory_gb: float | None = None
     skipped: str | None = None  # why there is no estimate
 
     @property
     def total_gb(self) -> float:
-        return self.params_gb + self.grads_gb + self.optimizer_gb
+        return self.params_gb + self.grads_gb + self.optimizer_gb + self.buffers_gb
 
     def line(self) -> str:
         if self.skipped:
@@ -123,7 +125,8 @@ class MemoryEstimate:
         return (
             f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, ZeRO-{self.stage} on {self.world} GPU(s)"
             f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
-            f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f})"
+            f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f}"
+            f" + buffers {self.buffers_gb:.1f})"
         )
 
 
@@ -512,22 +515,35 @@ def _model_parameters(
     return count_parameters(config, trainer, vision_frozen), config, None
 
 
-def estimate_memory(params: int, written: dict, args: Any, world: int, trained: int | None = None) -> MemoryEstimate:
-    """ZeRO paper (Rajbhandari et al. 2020), mixed precision with Adam: 2Ψ params + 2Ψ grads + 12Ψ
-    optimizer (fp32 master, momentum, variance); in fp32 4Ψ + 4Ψ + 8Ψ. Stage 1 partitions the
-    optimizer states, 2 the grads too, 3 the params too; what is offloaded leaves the GPU (as in
-    DeepSpeed's estimate_zero*_model_states_mem_needs, less their working buffers). Frozen parameters
-    (`trained` < `params`) have no grads and no optimizer states."""
-    trained = params if trained is None else trained
-    zero = written.get("zero_optimization") or {}
+def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstimate:
+    """Model-state memory per GPU at its peak (the optimizer step), as DeepSpeed's estimators count it
+    (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`), with two things
+    they leave out: frozen parameters (their 16-bit weights only: no grads, no optimizer states) and the
+    gradient buckets of stages 1-2. Mixed precision with Adam, per trained parameter: 16-bit grads (2,
+    stages 0-2), the fp32 grads the step reads (4), fp32 master weights and two moments (12); stage 1
+    partitions the optimizer states, 2 the grads too, 3 the weights too. What is offloaded leaves the GPU.
+
+    counts: modelsize.ParameterCount; config: the DeepSpeed config with its "auto" values filled.
+    """
+    params, trained, largest = counts
+    zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
     off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
     off_par = (zero.get("offload_param") or {}).get("device") or "none"
     half = bool(args.bf16 or args.fp16)
-    p_bytes, g_bytes, o_bytes = (2, 2, 12) if half else (4, 4, 8)
-    params_b = p_bytes * params / (world if stage >= 3 else 1)
-    grads_b = g_bytes * trained / (world if stage >= 2 else 1)
-    optim_b = o_bytes * trained / (world if stage >= 1 else 1)
+    weight = 2 if half else 4
+    grad_bytes = (4 if stage >= 3 else 2 + 4) if half else 4
+    params_b = weight * params / (world if stage >= 3 else 1)
+    grads_b = grad_bytes * trained / (world if stage >= 2 else 1)
+    optim_b = (12 if half else 8) * trained / (world if stage >= 1 else 1)
+    if stage >= 3:  # each layer's full weights and grads while it runs
+        buffers_b = 2 * weight * largest
+    elif stage >= 1:  # reduce buckets: two when communication overlaps the backward pass
+        bucket = zero.get("reduce_bucket_size", 5e8)
+        bucket = bucket if isinstance(bucket, (int, float)) else 5e8
+        buffers_b = weight * bucket * (2 if zero.get("overlap_comm") else 1)  # allocated whole, however small the model
+    else:
+        buffers_b = 0.0
     if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
         optim_b = grads_b = 0.0
     if off_par != "none" and stage >= 3:
@@ -536,6 +552,7 @@ def estimate_memory(params: int, written: dict, args: Any, world: int, trained: 
         model="",
         params=params,
         trained=trained,
+        largest_layer=largest,
         stage=stage,
         world=world,
         offload_optimizer=off_opt,
@@ -543,6 +560,7 @@ def estimate_memory(params: int, written: dict, args: Any, world: int, trained: 
         params_gb=params_b / 1e9,
         grads_gb=grads_b / 1e9,
         optimizer_gb=optim_b / 1e9,
+        buffers_gb=buffers_b / 1e9,
     )
 
 
@@ -613,7 +631,7 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     elif counts is None:
         report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
     else:
-        report.memory = estimate_memory(counts[0], written, args, world, trained=counts[1])
+        report.memory = estimate_memory(counts, filled or written, args, world)
         report.memory.model = run.model_name_or_path
         report.memory.gpu_memory_gb = gpu_memory_gb
     mem_errors, mem_warnings = _memory_problems(report.memory)

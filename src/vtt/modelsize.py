@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import NamedTuple
 
 TRAINER_AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
 
@@ -41,8 +42,14 @@ def freeze_vision_tower(model) -> None:
     tower.requires_grad_(False)
 
 
-def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -> tuple[int, int]:
-    """(all, trained) parameters of the model `trainer` builds from `config` (a transformers config)."""
+class ParameterCount(NamedTuple):
+    total: int
+    trained: int
+    largest_layer: int  # the most parameters one module holds itself: what ZeRO-3 gathers at once
+
+
+def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -> ParameterCount:
+    """All, trained and largest-layer parameters of the model `trainer` builds from `config`."""
     import torch
     import transformers
 
@@ -52,7 +59,10 @@ def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -
     if vision_frozen:
         freeze_vision_tower(model)
     total = sum(p.numel() for p in model.parameters())
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # as DeepSpeed's estimate_zero3_model_states_mem_needs_all_live counts it
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    return ParameterCount(total, trained, largest)
 
 
 @functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start

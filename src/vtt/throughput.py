@@ -43,6 +43,27 @@ class ThroughputCallback(TrainerCallback):
         self.tokens: list[int] = []
         self.first_step_s: float | None = None
         self.held_bytes = 0  # GPU memory still allocated after a step: model states and ZeRO's buffers
+        self.step_peak_bytes = 0  # the most allocated during an optimizer step: the model states' peak
+        self.peak_before_bytes = 0  # the overall peak, kept across the resets around the optimizer step
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        # accelerate's wrapper holds the optimizer that steps: DeepSpeed's ZeRO optimizer, which its
+        # engine calls at the end of the backward pass, or torch's
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if inner is None or not torch.cuda.is_available():
+            return
+        step = inner.step
+
+        def measured_step(*a, **kw):
+            # activations are freed by now: what the step allocates on top of what is held is model state
+            self.peak_before_bytes = max(self.peak_before_bytes, torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                return step(*a, **kw)
+            finally:
+                self.step_peak_bytes = max(self.step_peak_bytes, torch.cuda.max_memory_allocated())
+
+        inner.step = measured_step
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begins.append(time.perf_counter())
@@ -71,8 +92,11 @@ class ThroughputCallback(TrainerCallback):
             if tokens[-1] > tokens[0]:
                 out["tokens_per_second_per_gpu"] = round(float((tokens[-1] - tokens[0]) / step.sum() / world_size), 1)
         if torch.cuda.is_available():
-            out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            out["memory_between_steps_gb"] = round(self.held_bytes / 1e9, 2)  # GB as vtt check counts
+            peak = max(self.peak_before_bytes, torch.cuda.max_memory_allocated())
+            out["peak_memory_gb"] = round(peak / 2**30, 2)
+            # in GB (1e9 bytes) as vtt check counts them
+            out["memory_between_steps_gb"] = round(self.held_bytes / 1e9, 2)
+            out["model_states_peak_gb"] = round(self.step_peak_bytes / 1e9, 2)
         return out
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -14,7 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import ranks
 from vtt.attention import enable_right_padded_sdpa
-from vtt.data import frame_size, llava_dataset, skip_rejected
+from vtt.data import frame_size, llava_dataset, pad_to_multiple, skip_rejected
 from vtt.fit import fit, start
 from vtt.modelsize import freeze_vision_tower
 from vtt.video import Sampling
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluation = None
     if run.eval_dataset:
         evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio)
+    # TRL refuses pad_to_multiple_of for vision prompt-completion rows: vtt pads its batches instead.
+    multiple, training.pad_to_multiple_of = training.pad_to_multiple_of, None
     trainer = SFTTrainer(
         model=model,
         args=training,
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=processor,
         callbacks=job.callbacks(),
     )
+    training.pad_to_multiple_of = multiple  # as configured, in the saved arguments
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
-    trainer.data_collator = skip_rejected(trainer.data_collator)
+    collate = skip_rejected(trainer.data_collator)
+    trainer.data_collator = pad_to_multiple(collate, multiple, processor.tokenizer.pad_token_id)
     data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
     fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
 
