@@ -199,13 +199,13 @@ def summarize(profiler, wall_s: float, steps: int, top: int = 30) -> str:
     for e in leaves:
         kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + self_us(e)
     busy = sum(kinds.values()) / 1e6
-    where = "GPU kernels" if on_gpu else "CPU ops (no GPU)"
+    where = "GPU kernels" if on_gpu else "CPU ops (no GPU; summed over threads, so it can pass the wall time)"
     lines = [f"{steps} step(s), {wall_s:.3f} s wall, {wall_s / steps:.3f} s a step; {where}: {busy:.3f} s busy"]
     lines.append(f"{'kind':20s} {'s':>9s} {'% of wall':>9s}")
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"{kind:20s} {us / 1e6:9.3f} {us / 1e6 / wall_s:9.1%}")
-    lines.append(f"{'idle (wall - busy)':20s} {wall_s - busy:9.3f} {1 - busy / wall_s:9.1%}")
-    if on_gpu:
+    if on_gpu:  # one GPU stream at a time, so the rest of the wall time had no kernel
+        lines.append(f"{'idle (wall - busy)':20s} {wall_s - busy:9.3f} {1 - busy / wall_s:9.1%}")
         lines += idle_gaps(profiler.events())
     lines.append("")
     lines.append(f"{'s':>9s} {'calls':>7s}  top {top} {'kernels' if on_gpu else 'ops'} by self time")
