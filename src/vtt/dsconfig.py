@@ -17,8 +17,8 @@ instead of read from torch.distributed (a login node has none):
 
 Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
 of model-state memory per GPU (DeepSpeed's own accounting in its estimate_zero2/zero3 functions, with
-frozen parameters and ZeRO's gradient buckets counted) is set against the GPU's memory when one is given. `--fix OUT` writes a copy of the file
-with every value the Trainer owns set to "auto".
+frozen parameters and ZeRO's gradient buckets counted) is set against the GPU's memory when one is
+given. `--fix OUT` writes a copy of the file with every value the Trainer owns set to "auto".
 """
 
 from __future__ import annotations

@@ -228,7 +228,9 @@ def idle_gaps(events, top: int = 12, min_us: float = 200.0) -> list[str]:
     cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
     for a, b in sorted(gaps, key=lambda g: g[0] - g[1])[:top]:
         middle = (a + b) / 2
-        running = sorted((e for e in cpu if e.time_range.start <= middle <= e.time_range.end), key=lambda e: e.time_range.start)
+        running = sorted(
+            (e for e in cpu if e.time_range.start <= middle <= e.time_range.end), key=lambda e: e.time_range.start
+        )
         chain = " > ".join(e.name for e in running[-6:]) or "(no op: Python between ops)"
         lines.append(f"  {(b - a) / 1e3:8.2f} ms  {chain[:240]}")
         frames = [f for f in (running[-1].stack if running else []) if "site-packages" in f or "/vtt/" in f]
