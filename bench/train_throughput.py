@@ -173,6 +173,12 @@ def main() -> None:
     parser.add_argument("--seed-args", default="--size 0.5b --batch 8 --workers 12 --gc --steps 25")
     parser.add_argument("--config", help="the run config the vtt variants start from (default: jobs/<trainer>.yaml)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=overrides for `vtt run`")
+    parser.add_argument(
+        "--data",
+        choices=["videos", "prepared"],
+        default="videos",
+        help="vtt's runs decode the clips on the fly, or read a dataset `vtt prepare` wrote first",
+    )
     parser.add_argument("--out", type=Path, help="append RESULT lines to this file")
     args = parser.parse_args()
     args.trainer = "seq2seq" if args.arch.startswith("nllb") else "llava"
@@ -195,7 +201,8 @@ def main() -> None:
     config = AutoConfig.from_pretrained(model)
     samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
     manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
-    print(f"model and data ready in {time.time() - t0:.0f}s: {model}", flush=True)
+    dataset = manifest if args.data == "videos" else prepare(work, manifest, model, args)
+    print(f"model and data ready in {time.time() - t0:.0f}s: {model}, {dataset}", flush=True)
 
     def flops_per_token(result: dict) -> float:
         # tokens/s counts every position of the padded batch; seq is what one sample occupies
@@ -219,7 +226,7 @@ def main() -> None:
         record(run_seed(args, work, model, manifest))
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
-        record(run_vtt(args, work, name, overrides, model, manifest, flops_per_token))
+        record({**run_vtt(args, work, name, overrides, model, dataset, flops_per_token), "data": args.data})
     print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
     print(
         f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}"
@@ -235,6 +242,18 @@ def main() -> None:
             f" {r.get('model_states_peak_gb', ''):>9} {r.get('check_model_states_gb') or '':>8}"
             + (f"  ERROR {r['error']}" if "error" in r else "")
         )
+
+
+def prepare(work: Path, manifest: Path, model: Path, args) -> Path:
+    """The manifest's clips decoded once by `vtt prepare` (frames at the processor's size) into a dataset."""
+    out = work / f"prepared-{args.trainer}-{args.frames}f-{sum(1 for _ in manifest.open())}"
+    if not out.exists():
+        command = [sys.executable, "-m", "vtt.cli", "prepare", "--manifest", str(manifest), "--out", str(out)]
+        command += ["--trainer", args.trainer, "--frames", str(args.frames), "--model", str(model)]
+        code, text, _ = run_logged(command, work / "prepare.log")
+        if code:
+            raise SystemExit(f"vtt prepare failed (exit {code}):\n{text[-2000:]}")
+    return out
 
 
 def sequence_length(model: Path, manifest: Path, frames: int) -> int:
