@@ -429,3 +429,17 @@ def test_dataloader_settings_torch_refuses_are_found_before_the_job(demo_inputs)
     line = report.errors[0].line("error", report.deepspeed)
     assert "jobs/llava.yaml: dataloader_num_workers=0" in line
     assert "persistent_workers option needs num_workers > 0" in line and "dataloader_persistent_workers false" in line
+
+
+def test_zero2_buckets_of_hidden_size_squared_are_flagged_and_the_shipped_size_is_not(tmp_path):
+    job = llava_run_config(tmp_path, "0.5b")
+    auto = tmp_path / "zero2-auto.json"
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+    ds["zero_optimization"]["reduce_bucket_size"] = "auto"
+    auto.write_text(json.dumps(ds))
+    flagged = check_run(job, 1, deepspeed=auto)
+    assert flagged.ok and [p.key for p in flagged.warnings] == ["zero_optimization.reduce_bucket_size"]
+    line = flagged.lines()[0]
+    assert '"auto" fills it with hidden_size² = 1,048,576' in line and "flushes" in line and "200000000" in line
+    assert not check_run(job, 1, deepspeed=ROOT / "deepspeed" / "zero2.json").warnings
+    assert not check_run(job, 2, deepspeed=ROOT / "deepspeed" / "zero3.json").warnings  # stage 3: not judged

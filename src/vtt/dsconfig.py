@@ -495,6 +495,28 @@ def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
     return out
 
 
+MAX_BUCKET_FLUSHES = 100  # per backward pass; hidden_size² buckets give ~450 on a 0.5B model
+
+
+def _bucket_warnings(written: dict, filled: dict, trained: int) -> list[Problem]:
+    """ZeRO-1/2 buckets so small that the backward pass stalls on their flushes (bench/RESULTS.md)."""
+    zero, filled_zero = written.get("zero_optimization") or {}, filled.get("zero_optimization") or {}
+    bucket = filled_zero.get("reduce_bucket_size", 5e8)
+    if filled_zero.get("stage") not in (1, 2) or not isinstance(bucket, (int, float)) or bucket <= 0:
+        return []
+    flushes = trained / bucket
+    if flushes <= MAX_BUCKET_FLUSHES:
+        return []
+    written_value = zero.get("reduce_bucket_size", bucket)
+    how = f' ("auto" fills it with hidden_size² = {bucket:,.0f})' if written_value == "auto" else ""
+    detail = (
+        f"{trained:,} trained parameters in buckets of {bucket:,.0f} elements{how} are ~{flushes:,.0f} flushes"
+        " in every backward pass, each a round of Python and small copies while the GPU waits"
+    )
+    fix = "set it to 200000000 (as deepspeed/zero2.json): two such buckets take 0.8 GB"
+    return [Problem("zero_optimization.reduce_bucket_size", written_value, None, fix, "vtt", detail)]
+
+
 # ---------------------------------------------------------------------------------------------- memory
 
 
@@ -632,6 +654,7 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
         report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
     else:
         report.memory = estimate_memory(counts, filled or written, args, world)
+        report.warnings += _bucket_warnings(written, filled or written, counts.trained)
         report.memory.model = run.model_name_or_path
         report.memory.gpu_memory_gb = gpu_memory_gb
     mem_errors, mem_warnings = _memory_problems(report.memory)
