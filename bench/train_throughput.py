@@ -16,6 +16,7 @@ attention, for the language model and the vision tower, over 989 TFLOP/s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -193,11 +194,15 @@ def main() -> None:
     model = work / "model"
     t0 = time.time()
     if not (model / "config.json").exists():
-        if args.trainer == "llava":
-            size = args.arch.split("-")[1]
-            build_llava(model, size, "tiny" if size == "tiny" else "so400m", dtype=torch.bfloat16)
-        else:
-            build_nllb(model, args.arch.split("-")[1], dtype=torch.bfloat16)
+        # Random init on the GPU when there is one: the 7B's 8B weights take minutes on CPU cores, seconds there.
+        with torch.device("cuda") if torch.cuda.is_available() else contextlib.nullcontext():
+            if args.trainer == "llava":
+                size = args.arch.split("-")[1]
+                build_llava(model, size, "tiny" if size == "tiny" else "so400m", dtype=torch.bfloat16)
+            else:
+                build_nllb(model, args.arch.split("-")[1], dtype=torch.bfloat16)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the runs that follow start their own processes on this GPU
     config = AutoConfig.from_pretrained(model)
     samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
     manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
