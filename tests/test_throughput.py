@@ -83,3 +83,12 @@ def test_idle_gaps_name_what_the_cpu_was_doing_while_no_kernel_ran():
     assert "1, 0.003 s in all" in lines[1]
     assert "3.00 ms  Optimizer.step > aten::item" in lines[2]
     assert "sft_trainer.py(1643)" in lines[3]
+
+
+def test_profile_window_cut_short_by_the_end_of_training_is_still_written(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    profile = ProfileCallback("3-10")
+    drive([profile], args, steps=4, work_s=0.02, wait_s=0.0)
+    assert not (tmp_path / "profile-rank0.txt").exists()  # still recording: steps 3 and 4 of 3-10
+    profile.on_train_end(args, TrainerState(global_step=4), TrainerControl())
+    assert (tmp_path / "profile-rank0.txt").read_text().startswith("2 step(s)")

@@ -496,14 +496,21 @@ def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
 
 
 MAX_BUCKET_FLUSHES = 100  # per backward pass; hidden_size² buckets give ~450 on a 0.5B model
+DEEPSPEED_BUCKET = 5e8  # DeepSpeed's reduce_bucket_size where the file sets none
+
+
+def _reduce_bucket(zero: dict) -> float:
+    """Elements in one ZeRO-1/2 gradient bucket, as DeepSpeed will allocate it."""
+    bucket = zero.get("reduce_bucket_size", DEEPSPEED_BUCKET)
+    return bucket if isinstance(bucket, (int, float)) and bucket > 0 else DEEPSPEED_BUCKET
 
 
 def _bucket_warnings(written: dict, filled: dict, trained: int) -> list[Problem]:
     """ZeRO-1/2 buckets so small that the backward pass stalls on their flushes (bench/RESULTS.md)."""
     zero, filled_zero = written.get("zero_optimization") or {}, filled.get("zero_optimization") or {}
-    bucket = filled_zero.get("reduce_bucket_size", 5e8)
-    if filled_zero.get("stage") not in (1, 2) or not isinstance(bucket, (int, float)) or bucket <= 0:
+    if filled_zero.get("stage") not in (1, 2):
         return []
+    bucket = _reduce_bucket(filled_zero)
     flushes = trained / bucket
     if flushes <= MAX_BUCKET_FLUSHES:
         return []
@@ -561,9 +568,8 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
     if stage >= 3:  # each layer's full weights and grads while it runs
         buffers_b = 2 * weight * largest
     elif stage >= 1:  # reduce buckets: two when communication overlaps the backward pass
-        bucket = zero.get("reduce_bucket_size", 5e8)
-        bucket = bucket if isinstance(bucket, (int, float)) else 5e8
-        buffers_b = weight * bucket * (2 if zero.get("overlap_comm") else 1)  # allocated whole, however small the model
+        # allocated whole, however small the model
+        buffers_b = weight * _reduce_bucket(zero) * (2 if zero.get("overlap_comm") else 1)
     else:
         buffers_b = 0.0
     if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU

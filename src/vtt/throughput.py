@@ -8,7 +8,7 @@ with the losses and writes `throughput.json` into the output folder at the end (
 
 `VTT_PROFILE_STEPS=6-8` (any run) adds `ProfileCallback`: torch's profiler records those optimizer
 steps and each rank writes `profile-rank<N>.txt` to the output folder: where the GPU time went, by
-kind of kernel, and the top kernels.
+kind of kernel, the longest stretches with the GPU idle and what the CPU was doing, the top kernels.
 """
 
 from __future__ import annotations
@@ -167,15 +167,22 @@ class ProfileCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.profiler is not None and state.global_step >= self.last:
-            _sync()
-            wall = time.perf_counter() - self.started
-            self.profiler.__exit__(None, None, None)
-            path = Path(args.output_dir) / f"profile-rank{args.process_index}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(summarize(self.profiler, wall, self.last - self.first + 1))
-            tmp.replace(path)
-            self.profiler = None
+            self._write(args, state.global_step - self.first + 1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.profiler is not None:  # the run ended inside the window: summarise what was recorded
+            self._write(args, state.global_step - self.first + 1)
+
+    def _write(self, args, steps: int) -> None:
+        _sync()
+        wall = time.perf_counter() - self.started
+        self.profiler.__exit__(None, None, None)
+        path = Path(args.output_dir) / f"profile-rank{args.process_index}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(summarize(self.profiler, wall, steps))
+        tmp.replace(path)
+        self.profiler = None
 
 
 def _is_kernel(event) -> bool:
