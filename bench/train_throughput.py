@@ -114,16 +114,8 @@ def run_seed(args, work: Path, model: Path, manifest: Path) -> dict:
 
 def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: Path, per_sample) -> dict:
     out = work / f"run-{name}"
-    command = [
-        sys.executable,
-        "-m",
-        "vtt.cli",
-        "run",
-        "--config",
-        args.config or f"jobs/{args.trainer}.yaml",
-        "--gpus",
-        str(args.gpus),
-    ]
+    # what `vtt run` and `vtt check` both take
+    command = ["--config", args.config or f"jobs/{args.trainer}.yaml", "--gpus", str(args.gpus)]
     command += ["--model_name_or_path", str(model), "--dataset", str(manifest), "--output_dir", str(out)]
     command += ["--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "5", "--report_to", "none"]
     command += ["--disable_tqdm", "true", "--push_to_hub", "false"]
@@ -134,9 +126,11 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
         else:
             from vtt.config import read_yaml
 
-            micro = read_yaml(ROOT / command[command.index("--config") + 1]).get("per_device_train_batch_size", 1)
+            micro = read_yaml(ROOT / command[1]).get("per_device_train_batch_size", 1)
         overrides_list += ["--global_batch_size", str(micro * args.gpus)]
-    code, text, wall = run_logged([*command, *overrides_list], work / f"{name}.log")
+    code, text, wall = run_logged(
+        [sys.executable, "-m", "vtt.cli", "run", *command, *overrides_list], work / f"{name}.log"
+    )
     summary_file = out / "throughput.json"
     if code or not summary_file.exists():
         return {"name": name, "error": f"exit {code}", "tail": text[-2500:]}
@@ -146,13 +140,13 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
     result["freeze_vision_tower"] = task.get("freeze_vision_tower", False)
     flops_per_token = per_sample(result)
     result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
-    result["check_model_states_gb"] = check_estimate(command, overrides_list, args.gpus)
+    result["check_model_states_gb"] = check_estimate([*command, *overrides_list])
     return result
 
 
-def check_estimate(run_command: list[str], overrides: list[str], gpus: int) -> float | None:
+def check_estimate(run_arguments: list[str]) -> float | None:
     """`vtt check`'s model-state memory per GPU for the run just made, beside its measured figure."""
-    check = [sys.executable, "-m", "vtt.cli", "check", "--json", *run_command[4:], *overrides]
+    check = [sys.executable, "-m", "vtt.cli", "check", "--json", *run_arguments]
     done = subprocess.run(check, capture_output=True, text=True, cwd=ROOT)
     try:
         return round(json.loads(done.stdout)["memory"]["total_gb"], 2)
