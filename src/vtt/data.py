@@ -240,8 +240,10 @@ def pad_to_multiple(collator: Callable, multiple: int | None, pad_token_id: int)
         batch = collator(rows)
         length = batch["input_ids"].shape[1]
         extra = -length % multiple
+        if not extra:
+            return batch
         for key, value in list(batch.items()):
-            if extra and isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:
                 batch[key] = torch.nn.functional.pad(value, (0, extra), value=fill.get(key, 0))
         return batch
 
