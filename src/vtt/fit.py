@@ -49,11 +49,26 @@ def start(argv: list[str] | None, trainer: str) -> Job:
     check_at_start(argv)  # offline node: list what the cache lacks now, not after a failed load
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, task, training = parse_run_config(argv)
+    start_process_group(training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(argv, run, training, trainer)
     disk.preflight(run, training, trainer)
     guard = disk.guard_for(run, training, trainer)
     return Job(trainer, run, task, training, stopper, guard, push)
+
+
+def start_process_group(training: Any) -> None:
+    """The process group, before any weight loads: under ZeRO-3 from_pretrained partitions the weights as
+    they load (deepspeed.zero.Init), and asks DeepSpeed's handle on the group for the world size. Left to
+    the Trainer, zero.Init saw a world of 1 and refused the batch sizes."""
+    training.device  # noqa: B018 TrainingArguments starts the group on first use of its device (gloo on CPU)
+    if training.deepspeed:
+        import torch
+
+        import deepspeed
+
+        if torch.distributed.is_initialized():
+            deepspeed.init_distributed()  # wraps the group already there (accelerate does this on GPU only)
 
 
 def fit(trainer: Any, job: Job, *, data: dict[str, Any], companion: Any, eval_options: dict[str, Any]) -> None:
