@@ -273,9 +273,9 @@ def test_run_config_values_and_overrides_are_compared(tmp_path):
 
 def test_gpu_count_does_not_depend_on_use_cpu():
     # Parsing on a login node switches use_cpu on; the world size the check uses is still the one given.
-    report = check_run(ROOT / "jobs" / "llava.yaml", 4, nodes=2)
+    report = check_run(ROOT / "jobs" / "llava.yaml", 4, nodes=2, overrides=["--per_device_train_batch_size", "2"])
     assert report.world == 8
-    assert report.config["gradient_accumulation_steps"] == 4  # 32 / (1 x 8)
+    assert report.config["gradient_accumulation_steps"] == 8  # global_batch_size 128 / (2 x 8)
 
 
 def llava_run_config(tmp_path: Path, size: str) -> Path:
