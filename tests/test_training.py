@@ -23,7 +23,8 @@ CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def runs(request, demo_inputs, tmp_path_factory):
-    """The trainer's run folders after 1x4 and 2x2 trainings of 6 steps, their output, what they left in /dev/shm."""
+    """The trainer's run folders after 1x4 and 2x2 trainings of 6 steps (common: their shared overrides), their
+    output, what they left in /dev/shm."""
     trainer = request.param
     out = tmp_path_factory.mktemp(trainer)
     common = tiny_run(demo_inputs, trainer)
@@ -36,7 +37,12 @@ def runs(request, demo_inputs, tmp_path_factory):
         logs += done.stdout + done.stderr
         folders[gpus] = folder
     return SimpleNamespace(
-        trainer=trainer, folders=folders, inputs=demo_inputs, logs=logs, shm_left=shm_buffers() - shm_before
+        trainer=trainer,
+        folders=folders,
+        inputs=demo_inputs,
+        common=common,
+        logs=logs,
+        shm_left=shm_buffers() - shm_before,
     )
 
 
@@ -70,8 +76,7 @@ def test_zero3_trains_like_zero2_and_saves_whole_weights(runs, tmp_path):
     # it saw a world of 1 and refused the batch sizes. Same samples, same seed: the losses must agree with
     # ZeRO-2's, and the saved model must hold whole weights (gathered), not each rank's empty shard.
     folder = tmp_path / "zero3"
-    overrides = [*tiny_run(runs.inputs, runs.trainer), "--max_steps", "6", "--global_batch_size", "4"]
-    overrides += ["--per_device_train_batch_size", "2", "--output_dir", str(folder)]
+    overrides = [*runs.common, "--per_device_train_batch_size", "2", "--output_dir", str(folder)]  # as runs' 2x2
     train(CONFIGS[runs.trainer], 2, [*overrides, "--deepspeed", "deepspeed/zero3.json", "--save_strategy", "no"])
     assert logged_losses(folder) == pytest.approx(logged_losses(runs.folders[2]), rel=1e-3)
     auto = AutoModelForImageTextToText if runs.trainer == "llava" else AutoModelForSeq2SeqLM
