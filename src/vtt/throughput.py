@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from vtt.runlog import write_atomically
+
 LAUNCH_TIME_ENV = "VTT_LAUNCH_TIME"
 PROFILE_ENV = "VTT_PROFILE_STEPS"
 
@@ -111,11 +113,9 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            path = Path(args.output_dir) / "throughput.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.summary(args.world_size), indent=2) + "\n")
-            tmp.replace(path)
+            write_atomically(
+                Path(args.output_dir) / "throughput.json", json.dumps(self.summary(args.world_size), indent=2) + "\n"
+            )
 
 
 # Kernel name patterns, first match wins: what kind of work a GPU kernel does.
@@ -178,10 +178,7 @@ class ProfileCallback(TrainerCallback):
         wall = time.perf_counter() - self.started
         self.profiler.__exit__(None, None, None)
         path = Path(args.output_dir) / f"profile-rank{args.process_index}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(summarize(self.profiler, wall, steps))
-        tmp.replace(path)
+        write_atomically(path, summarize(self.profiler, wall, steps))
         self.profiler = None
 
 
