@@ -13,110 +13,18 @@ made by `vtt prepare`, the frames were decoded once, ahead of time.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_from_disk
 
 from vtt.download import DownloadError, DownloadPolicy, fetch, is_url
+from vtt.manifest import REQUIRED, Reject, Sample, manifest_entries, read_manifest  # noqa: F401 (re-exported)
 from vtt.video import Sampling, VideoError, read_frames
-
-REQUIRED = ("video", "question", "answer")
-
-
-@dataclass
-class Sample:
-    """One manifest line, with its line number kept for error reports."""
-
-    line: int
-    video: str
-    question: str
-    answer: str
-    id: str = ""
-    title: str = ""
-    description: str = ""
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Reject:
-    """A sample left out, and why: written to rejects.jsonl."""
-
-    line: int
-    video: str
-    reason: str
-    kind: str = ""  # the reason without its file name, to count alike rejects together
-
-    def json(self) -> str:
-        return json.dumps(asdict(self))
-
-
-def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    text = path.read_text()
-    if path.suffix == ".csv":
-        return [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not a JSON object: {err}") from None
-    return rows
-
-
-def manifest_entries(path: str | Path, answers: bool = True) -> tuple[list[Sample], list[Reject]]:
-    """The usable samples of a manifest (video paths made absolute) and the lines that are not.
-
-    With answers=False (questions to predict) a line may leave out its answer: it is then "".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such manifest")
-    samples, rejects = [], []
-    for line, row in _rows(path):
-        row = dict(row)
-        if "answer" not in row and "caption" in row:
-            row["answer"] = row.pop("caption")
-        required = REQUIRED if answers else REQUIRED[:2]
-        missing = [key for key in required if not row.get(key)]
-        if missing:
-            reason = f"missing {', '.join(missing)}; every line needs {', '.join(required)}"
-            rejects.append(Reject(line, str(row.get("video") or ""), reason, "missing fields"))
-            continue
-        tags = row.get("tags") or []
-        if isinstance(tags, str):
-            tags = [t.strip() for t in tags.replace(";", ",").split(",") if t.strip()]
-        video = row["video"]
-        if "://" not in video:
-            video = str((path.parent / video).resolve())
-        samples.append(
-            Sample(
-                line=line,
-                video=video,
-                question=str(row["question"]),
-                answer=str(row.get("answer") or ""),
-                id=str(row.get("id") or line),
-                title=str(row.get("title") or ""),
-                description=str(row.get("description") or ""),
-                tags=[str(t) for t in tags],
-            )
-        )
-    return samples, rejects
-
-
-def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
-    """Every sample of a manifest; a ValueError names the first bad line and its missing fields."""
-    samples, rejects = manifest_entries(path, answers)
-    if rejects:
-        raise ValueError(f"{path}:{rejects[0].line}: {rejects[0].reason}")
-    return samples
 
 
 def llava_example(sample: Sample, frames: list) -> dict[str, Any]:
