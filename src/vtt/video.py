@@ -15,12 +15,20 @@ the rate predicts. A container that lies (a frame count larger than what decodes
 a variable frame rate) fails that check, and the clip is then read from start to end to learn every
 frame's time: slower, but right. Only the picked frames are converted and resized, one at a time, so
 a 4K clip never sits in memory whole.
+
+The clip starts at its first decodable frame (a stream cut between keyframes begins with frames no
+decoder can show). A stream without timestamps (a raw `.h264` / `.hevc` elementary stream) places
+frame n at n / its frame rate (25 when it declares none), and is always counted by decoding. PyAV's
+frames are turned by the stream's display matrix, as OpenCV turns them (multiples of 90 degrees;
+a mirroring in the matrix is ignored by both). When the chosen backend cannot open or decode a clip
+(OpenCV has no AV1 decoder), the other one is tried; any failure, whatever its exception, reaches the
+caller as one VideoError naming the file and the cause of each backend.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +41,8 @@ BACKENDS = ("opencv", "pyav")
 # seek lands on the keyframe before the target and decodes up to it anyway, so over short gaps it only
 # adds the demuxer's seek. Measured in bench/decode.py (bench/RESULTS.md).
 FORWARD_GAP = 48
+# The frame rate FFmpeg's raw-stream demuxers assume when a stream declares none.
+ASSUMED_RATE = 25.0
 Size = int | tuple[int, int] | None
 
 
@@ -43,6 +53,10 @@ class VideoError(Exception):
         super().__init__(f"{path}: {cause}")
         self.path = str(path)
         self.cause = cause
+
+
+class _Unreadable(VideoError):
+    """This backend cannot open the file or decode a frame of it: the other backend may."""
 
 
 class _Untrusted(Exception):
@@ -110,18 +124,26 @@ class _OpenCVReader:
         self.path = path
         self.capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not self.capture.isOpened():
-            raise VideoError(path, "OpenCV cannot open it (not a video, or a codec it cannot read)")
-        self.count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            raise _Unreadable(path, "OpenCV cannot open it (not a video, or a codec it cannot read)")
+        self.count = _frame_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.fps = float(self.capture.get(cv2.CAP_PROP_FPS))
+        # OpenCV reports 0 ms for every frame of a stream without timestamps: place them by index.
+        self.untimed_rate = _rate_without_timestamps(path)
+        self.position = 0  # the index of the frame the next grab() decodes
 
     def seek(self, index: int) -> None:
         self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        self.position = index
 
     def grab(self) -> bool:
-        return self.capture.grab()
+        grabbed = self.capture.grab()
+        self.position += grabbed
+        return grabbed
 
     def time(self) -> float:
         """Seconds from the stream's start to the frame grabbed last."""
+        if self.untimed_rate:
+            return (self.position - 1) / self.untimed_rate
         return self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
 
     def retrieve(self) -> np.ndarray:
@@ -145,17 +167,19 @@ class _PyAVReader:
         try:
             self.container = av.open(str(path))
         except (av.error.FFmpegError, UnicodeDecodeError) as err:
-            raise VideoError(path, f"PyAV cannot open it: {err}") from None
+            raise _Unreadable(path, f"PyAV cannot open it: {err}") from None
         if not self.container.streams.video:
             self.container.close()
-            raise VideoError(path, "the file has no video stream")
+            raise _Unreadable(path, "the file has no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame threads: several frames decode at once
         self.base = self.stream.time_base
         self.offset = self.stream.start_time or 0
-        self.count = int(self.stream.frames or 0)
+        self.count = _frame_count(self.stream.frames)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
+        self.untimed_rate = _rate_without_timestamps(path)
+        self.position = 0  # the index of the frame the next grab() gives
         self.frames = None
         self.frame = None
         self.pending = None
@@ -163,15 +187,20 @@ class _PyAVReader:
     def _next(self):
         if self.frames is None:
             self.frames = self.container.decode(self.stream)
-        try:
-            return next(self.frames)
-        except (StopIteration, self.av.error.FFmpegError):  # the end, or data that stops decoding (truncated)
-            return None
+        while True:
+            try:
+                frame = next(self.frames)
+            except (StopIteration, self.av.error.FFmpegError):  # the end, or data that stops decoding (truncated)
+                return None
+            # A timed stream's frame without a timestamp cannot be placed on the clip's timeline: pass over it.
+            if self.untimed_rate or frame.pts is not None:
+                return frame
 
     def seek(self, index: int) -> None:
         target = index / self.fps
         self.container.seek(self.offset + int(target / self.base), stream=self.stream, backward=True)
         self.frames = None
+        self.position = index
         # Decode from the keyframe up to the target, so the next grab() gives frame `index` as OpenCV's does.
         while (frame := self._next()) is not None:
             if (frame.pts - self.offset) * self.base >= target - 0.5 / self.fps:
@@ -181,16 +210,61 @@ class _PyAVReader:
 
     def grab(self) -> bool:
         self.frame, self.pending = (self.pending, None) if self.pending is not None else (self._next(), None)
+        self.position += self.frame is not None
         return self.frame is not None
 
     def time(self) -> float:
+        if self.untimed_rate:
+            return (self.position - 1) / self.untimed_rate
         return float((self.frame.pts - self.offset) * self.base)
 
     def retrieve(self) -> np.ndarray:
-        return self.frame.to_ndarray(format="rgb24")
+        return _turn_for_display(self.frame.to_ndarray(format="rgb24"), self.frame)
 
     def close(self) -> None:
         self.container.close()
+
+
+# frame.rotation (counter-clockwise degrees) -> the cv2.rotate code OpenCV's reader applies for it.
+_TURNS = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, -90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, -180: cv2.ROTATE_180}
+
+
+def _turn_for_display(rgb: np.ndarray, frame) -> np.ndarray:
+    """The frame as OpenCV gives it: turned by the display matrix's rotation when that is a multiple of 90."""
+    try:
+        rotation = frame.rotation
+    except (ValueError, OverflowError):  # a degenerate matrix (zero scale) has no angle; OpenCV leaves it as is
+        return rgb
+    return cv2.rotate(rgb, _TURNS[rotation]) if rotation in _TURNS else rgb
+
+
+def _frame_count(value) -> int:
+    """A container's frame count, 0 when it is missing or absurd (OpenCV reports -1.9e14 for a raw stream)."""
+    value = float(value or 0)
+    return int(value) if math.isfinite(value) and 0 < value < 2**31 else 0
+
+
+def _rate_without_timestamps(path: Path) -> float | None:
+    """None when the video stream has timestamps (or PyAV cannot tell); else the rate to place its frames by.
+
+    A raw elementary stream (`.h264`, `.hevc`) has packets without pts or dts: each backend then reports a
+    time of 0 (OpenCV) or None (PyAV) for every frame. Both backends take the rate from here, so they agree.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for n, packet in enumerate(container.demux(stream)):
+                if packet.pts is not None or packet.dts is not None:
+                    return None
+                if n >= 8:
+                    break
+            rate = stream.average_rate or stream.guessed_rate
+            rate = float(rate) if rate else 0.0
+            return rate if math.isfinite(rate) and rate > 0 else ASSUMED_RATE
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError, ValueError, OverflowError, ZeroDivisionError):
+        return None
 
 
 def _open(path: Path, backend: str):
@@ -200,8 +274,12 @@ def _open(path: Path, backend: str):
 def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
     """Picked frames located by the container's count and rate; _Untrusted when the clip disagrees."""
     count, fps = reader.count, reader.fps
+    if reader.untimed_rate:
+        raise _Untrusted("the stream has no timestamps to check the picks against")
     if count < 1 or not fps or fps <= 0 or not math.isfinite(fps):
         raise _Untrusted("the container reports no frame count or rate")
+    if sampling.start is not None and sampling.start >= count / fps:
+        raise _Untrusted("the segment starts after the reported end")  # a count can understate: decode to know
     start, end = _segment(reader.path, sampling, count / fps)
     times = span_middles(start, end, sampling.count(end - start))
     indices = sorted({min(count - 1, int(t * fps + 1e-6)) for t in times})
@@ -258,12 +336,20 @@ def _read_counting(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarr
     """Picked frames located by decoding: the clip's times are learnt first, then the picks are read."""
     times = _frame_times(path, sampling.backend)
     if not times:
-        raise VideoError(path, "no frame could be decoded")
+        raise _Unreadable(path, "no frame could be decoded")
+    if len(times) > 1 and times[-1] <= times[0]:
+        raise _Unreadable(path, f"its {len(times)} frames all show at {times[0]:.3f} s (timestamps do not advance)")
     # The last frame lasts as long as the mean frame before it (1 s for a 1-frame clip of unknown rate).
     last = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
-    start, end = _segment(path, sampling, times[-1] + last)
+    # The clip starts at its first decodable frame: frames cut off from their keyframe never decode, and a
+    # segment from 0 would put several picks before the first frame, where they all fall on it.
+    start, end = _segment(path, sampling, times[-1] + last, first=times[0])
     wanted = span_middles(start, end, sampling.count(end - start))
-    picks = sorted({max(0, int(np.searchsorted(times, t + 1e-6, side="right")) - 1) for t in wanted})
+    on_screen = [max(0, int(np.searchsorted(times, t + 1e-6, side="right")) - 1) for t in wanted]
+    # The frames inside the segment: from the one on screen at its start to the last before its end.
+    first_inside = max(0, int(np.searchsorted(times, start + 1e-6, side="right")) - 1)
+    last_inside = max(first_inside, int(np.searchsorted(times, end, side="left")) - 1)
+    picks = _distinct(on_screen, first_inside, last_inside)
     chosen = set(picks)
     reader = _open(path, sampling.backend)
     frames = []
@@ -276,17 +362,55 @@ def _read_counting(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarr
     finally:
         reader.close()
     if not frames:
-        raise VideoError(path, "no frame could be decoded")
+        raise _Unreadable(path, "no frame could be decoded")
     return frames
 
 
-def _segment(path: Path, sampling: Sampling, duration: float) -> tuple[float, float]:
-    start = max(0.0, sampling.start or 0.0)
+def _distinct(picks: list[int], lo: int, hi: int) -> list[int]:
+    """`picks` (ascending) made distinct within frames lo..hi, or every one of lo..hi when they are fewer.
+
+    A gap in the frames (the frames before a lost reference never decode: a stream cut inside a group of
+    pictures; or a variable rate) can put two span middles on one frame; the repeat moves to the next
+    frame, and picks pushed past `hi` move back, so n frames are asked and n come back when the clip has them.
+    """
+    if hi - lo + 1 <= len(picks):
+        return list(range(lo, hi + 1))
+    moved = []
+    for pick in picks:
+        moved.append(max(pick, moved[-1] + 1) if moved else pick)
+    for k in reversed(range(len(moved))):
+        moved[k] = min(moved[k], hi if k == len(moved) - 1 else moved[k + 1] - 1)
+    return moved
+
+
+def _segment(path: Path, sampling: Sampling, duration: float, first: float = 0.0) -> tuple[float, float]:
+    """[start, end] of the clip to sample: the asked segment within the clip's frames, from `first` to `duration`."""
+    start = max(first, sampling.start or 0.0)
     end = duration if sampling.end is None else min(sampling.end, duration)
     if start >= end:
-        segment = f"[{sampling.start}, {sampling.end}] s"
-        raise VideoError(path, f"the segment {segment} is outside the clip ({duration:.2f} s long)")
+        segment = f"[{sampling.start or 0}, {'the end' if sampling.end is None else sampling.end}] s"
+        clip = f"{duration:.2f} s long" if first <= 0 else f"frames from {first:.2f} s to {duration:.2f} s"
+        raise VideoError(path, f"the segment {segment} is outside the clip ({clip})")
     return start, end
+
+
+def _read_with(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+    """The picks by `sampling.backend`; _Unreadable for any failure of the backend on this file."""
+    try:
+        reader = _open(path, sampling.backend)
+        try:
+            return _read_trusting_metadata(reader, sampling)
+        except _Untrusted:
+            pass
+        finally:
+            reader.close()
+        return _read_counting(path, sampling)
+    except VideoError:
+        raise
+    except _Untrusted as err:  # a frame that decoded but would not convert, in the counting pass
+        raise _Unreadable(path, str(err)) from None
+    except Exception as err:  # cv2.error, av's errors, MemoryError...: the data pipeline catches VideoError only
+        raise _Unreadable(path, f"{sampling.backend} failed with {type(err).__name__}: {err}") from err
 
 
 def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
@@ -296,14 +420,15 @@ def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float,
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "the file is empty (0 bytes)")
-    reader = _open(path, sampling.backend)
     try:
-        return _read_trusting_metadata(reader, sampling)
-    except _Untrusted:
-        pass
-    finally:
-        reader.close()
-    return _read_counting(path, sampling)
+        return _read_with(path, sampling)
+    except _Unreadable as failed:
+        other = replace(sampling, backend=BACKENDS[1 - BACKENDS.index(sampling.backend)])
+        try:
+            return _read_with(path, other)  # the same picks: both backends sample alike
+        except _Unreadable as also:
+            causes = f"{sampling.backend}: {failed.cause}; {other.backend}, tried next: {also.cause}"
+            raise VideoError(path, f"neither backend can read it ({causes})") from None
 
 
 def read_frames(path: str | Path, sampling: Sampling) -> list[np.ndarray]:
