@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import struct
 import subprocess
 from pathlib import Path
@@ -49,4 +51,46 @@ def avi_claiming(path: Path, claimed: int, frames: int = 24) -> Path:
 def truncated(source: Path, path: Path, keep: float = 0.5) -> Path:
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+# H.264 for containers without mp4's options: MPEG-TS, and the raw Annex-B stream of a `.h264` file.
+H264_STREAM = ["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]
+
+
+def av1(path: Path, seconds: float = 4) -> Path:
+    """ffmpeg's test pattern in AV1 (SVT-AV1 at its fastest preset; SVT_LOG=1 keeps its banner off stderr)."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi"]
+    command += ["-i", f"testsrc2=size=320x240:rate=25:duration={seconds}"]
+    command += ["-c:v", "libsvtav1", "-preset", "12", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(command, check=True, env={**os.environ, "SVT_LOG": "1"})
+    return path
+
+
+def rotated(source: Path, path: Path, degrees: int) -> Path:
+    """`source` with a display matrix turning it `degrees` counter-clockwise (stream copied, pixels untouched)."""
+    ffmpeg("-display_rotation", str(degrees), "-i", str(source), "-c", "copy", str(path))
+    return path
+
+
+def ts_cut(source: Path, path: Path, keep_from: float = 0.0, keep_to: float = 1.0) -> Path:
+    """The bytes of MPEG-TS `source` from `keep_from` to `keep_to` of its length, cut at 188-byte packets.
+
+    What a partial download or a byte-range split leaves: the stream starts or ends inside a group of
+    pictures, so frames whose references were cut off never decode.
+    """
+    data = source.read_bytes()
+    packets = len(data) // 188
+    path.write_bytes(data[round(packets * keep_from) * 188 : round(packets * keep_to) * 188])
+    return path
+
+
+def zero_frames(path: Path) -> Path:
+    """An MJPG AVI whose video stream has no frames."""
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "0", "-c:v", "mjpeg", str(path))
+    return path
+
+
+def random_bytes(path: Path, size: int = 20_000, seed: int = 0) -> Path:
+    path.write_bytes(random.Random(seed).randbytes(size))
     return path
