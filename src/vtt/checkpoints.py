@@ -19,6 +19,7 @@ DeepSpeed's universal checkpoint spelled out, not with a shape error deep inside
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -133,10 +134,25 @@ def _publish(staged: Path, final: Path, step: int, world: int, limit: int | None
     if final.exists():  # a checkpoint of the same step from a run started with --resume false
         shutil.rmtree(final)
     staged.rename(final)
+    _hand_over_leftovers(staged.parent, final.parent)
     staged.parent.rmdir()  # empty now; one left behind holds a save that was cut short
     if limit and limit > 0:
         for old in [p for p in checkpoints(final.parent) if marker_of(p) is not None][:-limit]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _hand_over_leftovers(staging: Path, output_dir: Path) -> None:
+    """Move what the save wrote beside the checkpoint into output_dir, where it was meant to go.
+
+    The Trainer's subclasses write into args.output_dir during the save too: TRL's SFTTrainer writes its
+    model card (README.md) there before each checkpoint. Left in the staging folder, it kept the folder
+    from being removed (`OSError: Directory not empty`), and every llava run crashed at its first save.
+    """
+    for leftover in list(staging.iterdir()):
+        target = output_dir / leftover.name
+        if leftover.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(leftover, target)
 
 
 def atomic_saves(trainer) -> None:
