@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vtt.data import llava_dataset, read_manifest, seq2seq_dataset, seq2seq_source
@@ -42,3 +44,55 @@ def test_llava_rows_hold_one_image_part_per_frame(demo_inputs):
 def test_seq2seq_rows_pair_source_with_answer(demo_inputs):
     data = seq2seq_dataset(demo_inputs["manifest"])
     assert data[0]["target"].startswith("a ") and "title:" in data[0]["source"]
+
+
+def manifest_with_broken_clips(demo_inputs, tmp_path, broken: int) -> tuple:
+    """The demo's manifest with its first `broken` clips replaced by files of random bytes (real files, no video)."""
+    import json
+    import shutil
+
+    from videos import random_bytes
+
+    lines = demo_inputs["manifest"].read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for i, row in enumerate(rows):
+        source = demo_inputs["manifest"].parent / row["video"]
+        target = tmp_path / Path(row["video"]).name
+        if i < broken:
+            random_bytes(target, seed=i)
+        else:
+            shutil.copy(source, target)
+        row["video"], row["id"] = target.name, f"clip-{i}"
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest, rows
+
+
+def test_a_clip_that_fails_gives_its_place_to_the_next_sample_and_is_rejected_once(demo_inputs, tmp_path):
+    import json
+
+    manifest, rows = manifest_with_broken_clips(demo_inputs, tmp_path, broken=2)
+    rejects = tmp_path / "rejects.jsonl"
+    data = llava_dataset(manifest, Sampling(num_frames=2), rejects)
+    first = data[0]  # clips 0 and 1 are broken: clip 2 takes row 0's place
+    assert len(first["images"]) == 2
+    assert first["completion"][0]["content"][0]["text"] == rows[2]["answer"]
+    assert [part["type"] for part in first["prompt"][0]["content"]] == ["text", "image", "image"]
+    batch = data[0:3]  # rows 0 and 1 refilled, row 2 its own; the failed clips are not decoded again
+    assert [len(images) for images in batch["images"]] == [2, 2, 2]
+    reported = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert sorted({(r["line"], r["id"]) for r in reported}) == [(1, "clip-0"), (2, "clip-1")]
+    assert len(reported) == 2, "each failed clip is reported once"
+
+
+def test_a_batch_is_dropped_only_when_no_sample_after_it_decodes(demo_inputs, tmp_path):
+    from vtt.data import skip_rejected
+    from vtt.video import VideoError
+
+    count = len(demo_inputs["manifest"].read_text().splitlines())
+    manifest, _ = manifest_with_broken_clips(demo_inputs, tmp_path, broken=count)
+    data = llava_dataset(manifest, Sampling(num_frames=2))
+    batch = [data[i] for i in range(2)]
+    assert all(not row["images"] for row in batch)
+    with pytest.raises(VideoError, match="failed to decode"):
+        skip_rejected(lambda rows: rows)(batch)

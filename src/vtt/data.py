@@ -7,7 +7,7 @@ http(s) URL), `question`, `answer` (or `caption`), and optionally `title`, `desc
     train = llava_dataset("videos/manifest.jsonl", Sampling(num_frames=5))   # prompt / completion / images
 
 Given a manifest, the llava data decodes each clip when a row is read (in the DataLoader's worker
-processes); a clip that fails is reported and dropped from its batch (`skip_rejected`). Given a folder
+processes); a clip that fails is reported and its place taken by the next sample that decodes. Given a folder
 made by `vtt prepare`, the frames were decoded once, ahead of time.
 """
 
@@ -78,40 +78,64 @@ def local_video(video: str, cache: Path, policy: DownloadPolicy | None = None) -
 DOWNLOAD_CACHE = Path(os.environ.get("VTT_CACHE", Path.home() / ".cache" / "vtt")) / "downloads"
 
 
+REFILL_TRIES = 16  # samples tried in place of one whose clip failed, before its row is left empty
+
+
 class DecodeFrames:
     """A datasets transform: each row's clip reference becomes its frames, decoded when the row is read.
 
-    The reference waits in the `images` column itself (JSON: video, line), because the Trainer drops
-    every column its collator does not take before the transform runs. A clip that cannot give frames
-    yields a row with no images, which `skip_rejected` drops from its batch; the reason goes to stderr
-    and, when `rejects` is given, to that JSONL file.
+    The reference waits in the `images` column itself (JSON: video, line, index), because the Trainer
+    drops every column its collator does not take before the transform runs. A clip that cannot give
+    frames is reported (stderr, and the `rejects` JSONL file when given) and its row is refilled with the
+    next sample of `samples` whose clip decodes, so a micro batch keeps its size and no rank is left
+    without a clip; `refilled` counts the substitutions in this process. Only when REFILL_TRIES samples
+    in a row fail is the row left without images, which `skip_rejected` drops.
     """
 
-    def __init__(self, sampling: Sampling, rejects: Path | None = None):
-        self.sampling, self.rejects = sampling, rejects
+    def __init__(self, sampling: Sampling, rejects: Path | None = None, samples: list[Sample] | None = None):
+        self.sampling, self.rejects, self.samples = sampling, rejects, samples or []
+        self.failed: set[int] = set()  # lines that failed in this process: reported once, never retried
+        self.refilled = 0
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         from PIL import Image
 
         batch = dict(batch)
-        frames = [self.frames(json.loads(refs[0])) for refs in batch["images"]]
-        batch["images"] = [[Image.fromarray(frame) for frame in clip] for clip in frames]
-        # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
-        prompts = zip(batch["prompt"], frames, strict=True)
-        batch["prompt"] = [with_image_parts(prompt, len(clip)) for prompt, clip in prompts]
+        for i, refs in enumerate(batch["images"]):
+            ref = json.loads(refs[0])
+            frames, sample = self.frames(ref), None
+            for step in range(1, REFILL_TRIES + 1 if self.samples and not frames else 0):
+                sample = self.samples[(ref["index"] + step) % len(self.samples)]
+                frames = self.frames({"video": sample.video, "line": sample.line, "id": sample.id})
+                if frames:
+                    self.refilled += 1
+                    print(
+                        f"vtt: line {ref['line']}'s place in the batch refilled with line {sample.line}",
+                        file=sys.stderr,
+                    )
+                    break
+            if sample is not None and frames:
+                example = llava_example(sample, frames)
+                batch["prompt"][i], batch["completion"][i] = example["prompt"], example["completion"]
+            # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
+            batch["prompt"][i] = with_image_parts(batch["prompt"][i], len(frames))
+            batch["images"][i] = [Image.fromarray(frame) for frame in frames]
         return batch
 
     def frames(self, ref: dict[str, Any]) -> list:
+        if ref["line"] in self.failed:
+            return []
         try:
             return read_frames(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
         except (VideoError, DownloadError) as err:
-            report(Reject(ref["line"], ref["video"], str(err), err.cause), self.rejects)
+            self.failed.add(ref["line"])
+            report(Reject(ref["line"], ref["video"], str(err), err.cause, ref.get("id", "")), self.rejects)
             return []
 
 
 def report(reject: Reject, rejects: Path | None) -> None:
     """Say on stderr that a sample was skipped, and append it to the `rejects` JSONL file when given."""
-    print(f"vtt: skipped manifest line {reject.line}: {reject.reason}", file=sys.stderr)
+    print(f"vtt: skipped manifest {reject.where}: {reject.reason}", file=sys.stderr)
     if rejects is not None:
         rejects.parent.mkdir(parents=True, exist_ok=True)
         with rejects.open("a") as sink:  # one short append per line: safe from several workers
@@ -119,12 +143,16 @@ def report(reject: Reject, rejects: Path | None) -> None:
 
 
 def skip_rejected(collator: Callable) -> Callable:
-    """Wrap a collator so rows without frames (clips that failed to decode) are left out of the batch."""
+    """Wrap a collator so rows without frames (clips that failed, with no refill that decoded) are left out."""
 
     def collate(rows: list[dict[str, Any]]):
         kept = [row for row in rows if "images" not in row or row["images"]]
         if not kept:
-            raise VideoError("batch", f"every one of its {len(rows)} clips failed to decode (see the lines above)")
+            raise VideoError(
+                "batch",
+                f"every one of its {len(rows)} clips and the {REFILL_TRIES} samples after each failed to decode "
+                "(see the lines above): the data is mostly unreadable; check the videos named there",
+            )
         return collator(kept)
 
     return collate
@@ -158,6 +186,11 @@ def pad_to_multiple(collator: Callable, multiple: int | None, pad_token_id: int)
     return collate
 
 
+def own_id(sample: Sample) -> str:
+    """The sample's id as the manifest gave it; "" for a line without one (its id is then its line number)."""
+    return "" if sample.id == str(sample.line) else sample.id
+
+
 def llava_dataset(
     path: str | Path,
     sampling: Sampling | int,
@@ -176,7 +209,8 @@ def llava_dataset(
     kept = []
     for sample in samples:
         if not is_url(sample.video) and not Path(sample.video).is_file():
-            rejected.append(Reject(sample.line, sample.video, f"{sample.video}: no such file", "no such file"))
+            reason = f"{sample.video}: no such file"
+            rejected.append(Reject(sample.line, sample.video, reason, "no such file", own_id(sample)))
         else:
             kept.append(sample)
     if os.environ.get("RANK", "0") == "0":  # every process reads the manifest; one reports it
@@ -188,8 +222,9 @@ def llava_dataset(
             f"{path}: {len(rejected)} of {total} samples rejected (over max_reject_ratio={max_reject_ratio}); "
             "fix the lines named above or raise max_reject_ratio"
         )
-    rows = [llava_example(s, [json.dumps({"video": s.video, "line": s.line})]) for s in kept]
-    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects))
+    refs = [json.dumps({"video": s.video, "line": s.line, "id": own_id(s), "index": i}) for i, s in enumerate(kept)]
+    rows = [llava_example(s, [ref]) for s, ref in zip(kept, refs, strict=True)]
+    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects, kept))
 
 
 def seq2seq_dataset(path: str | Path) -> Dataset:
