@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vtt.config import read_yaml
+from vtt.config import read_yaml, refuse_tokens
 
 RUNTIMES = ("none", "apptainer", "docker", "pyxis")
 # Names that hold secrets: they are read from the environment at run time, never written into a profile or
@@ -245,6 +245,7 @@ def load_profile(path: str | Path) -> Profile:
     """The validated profile in `path` (jobs/clusters/<name>.yaml)."""
     path = Path(path)
     data = read_yaml(path)
+    refuse_tokens(path, data)  # before anything else: a type error would print the value
     profile = _build(path, Profile, data)
     profile.name, profile.path = path.stem, str(path)
     return validate(profile)

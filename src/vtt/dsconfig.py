@@ -38,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vtt.dsrules import BATCH_KEYS, Problem, deepspeed_config_problems, engine_problems, get, show, step_dependent
 from vtt.modelsize import count_parameters
 from vtt.paths import shipped
 
@@ -58,33 +59,12 @@ TRAINER_OWNED = {
     "fp16.enabled": "fp16",
     "bf16.enabled": "bf16",
 }
-BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 # Filled by accelerate's _prepare_deepspeed beyond what transformers fills: any other "auto" left is an error there.
 ACCELERATE_FILLS = {"zero_optimization.stage3_gather_16bit_weights_on_model_save": False}
 # Keys whose runtime value depends on the number of optimizer steps, known only once the data is loaded
 # unless max_steps is given.
 STEP_KEYS = ("scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps")
 MEMORY_MARGIN = 0.10  # model states within 10% of the GPU's memory leave no room for activations: warn
-
-
-@dataclass
-class Problem:
-    """One finding: the key as written in the file (or the run-config field), both values, and the fix."""
-
-    key: str
-    value: Any  # what the DeepSpeed file (or run config) says
-    expected: Any  # what the training arguments and world size make of it
-    fix: str
-    # Which step raises it, in the runtime's order: vtt (run config), training_arguments (accelerate's
-    # DeepSpeedPlugin), transformers (trainer_config_finalize), accelerate (_prepare_deepspeed), deepspeed.
-    source: str
-    detail: str = ""
-    file: str = ""  # where the key is written, when not the DeepSpeed file (the run config's global_batch_size)
-
-    def line(self, level: str, deepspeed: str) -> str:
-        said = f"{self.key}={_show(self.value)}" if self.value is not None else self.key
-        versus = f" but {self.detail}" if self.detail else ""
-        return f"{level}: {self.file or deepspeed}: {said}{versus}; fix: {self.fix}"
 
 
 @dataclass
@@ -161,10 +141,6 @@ class CheckReport:
         return json.loads(json.dumps(data, default=str))
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (str, list, bool)) or value is None else f"{value:g}"
-
-
 # ---------------------------------------------------------------------------------------------- inputs
 
 
@@ -201,50 +177,44 @@ def _training_arguments(
     Parsed with use_cpu so that bf16 parses on a login node; the DeepSpeed file is kept away from
     TrainingArguments here (it would start torch.distributed) and given the world size explicitly later.
     """
+    from vtt.config import BatchLayoutError, arguments_parser, parse_run_config, range_problems, read_yaml
+
     problems: list[Problem] = []
     if config is None:
-        from transformers import HfArgumentParser, TrainingArguments
+        from transformers import TrainingArguments
 
         try:
-            (training,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+            (training,) = arguments_parser(TrainingArguments).parse_args_and_config(
                 [*overrides, "--deepspeed", "", "--use_cpu", "true", "--report_to", "none"]
             )
-        except SystemExit:  # argparse has printed which argument is bad
-            raise ValueError(f"bad training argument in {' '.join(overrides)}") from None
+        except ValueError as err:
+            raise ValueError(f"bad training argument in {' '.join(overrides)}: {err}") from None
+        bad = range_problems((training,), overrides)
+        if bad:
+            raise ValueError("; ".join(bad))
         return None, None, training, None, problems
-
-    from vtt.config import gradient_accumulation_for, make_parser, parse_run_config, read_yaml, trainer_of
 
     argv = ["--config", str(config), *overrides]
     named = read_yaml(config).get("deepspeed")
     argv += ["--deepspeed", ""]
     try:
         run, task, training = parse_run_config(argv, world=world, use_cpu=True)
-    except SystemExit:
-        raise ValueError(f"{config}: bad training argument in {' '.join(overrides)}") from None
-    except ValueError:
+    except BatchLayoutError as err:
         # global_batch_size that does not divide for this world size is a finding, not a bad input:
         # report it and check the rest with the accumulation the config gives.
-        run, task, training = make_parser(trainer_of(argv)).parse_args_and_config([*argv, "--use_cpu", "true"])
-        if run.global_batch_size is None:
-            raise
-        try:
-            gradient_accumulation_for(run.global_batch_size, training.per_device_train_batch_size, world)
-        except ValueError as err:
-            problems.append(
-                Problem(
-                    key="global_batch_size",
-                    value=run.global_batch_size,
-                    expected=None,
-                    fix=str(err).split(". ", 1)[1] if ". " in str(err) else str(err),
-                    source="vtt",
-                    detail=f"it is not a multiple of per_device_train_batch_size "
-                    f"{training.per_device_train_batch_size} x {world} GPU(s)",
-                    file=str(config),
-                )
+        run, task, training = err.arguments
+        problems.append(
+            Problem(
+                key="global_batch_size",
+                value=run.global_batch_size,
+                expected=None,
+                fix=str(err).split(". ", 1)[1] if ". " in str(err) else str(err),
+                source="vtt",
+                detail=f"it is not a multiple of per_device_train_batch_size "
+                f"{training.per_device_train_batch_size} x {world} GPU(s)",
+                file=str(config),
             )
-        else:
-            raise
+        )
     return run, task, training, named, problems
 
 
@@ -278,27 +248,6 @@ def _recorder_class() -> type:
     return Recorder
 
 
-def _deepspeed_config_class() -> type:
-    from deepspeed.runtime.config import DeepSpeedConfig
-
-    class AtWorld(DeepSpeedConfig):
-        """DeepSpeed's config class with the data-parallel world size given, not read from torch.distributed."""
-
-        def __init__(self, config: dict, world: int):
-            self._world = world
-            super().__init__(config)
-
-        @property
-        def world_size(self) -> int:
-            return self._world
-
-        @world_size.setter
-        def world_size(self, _ignored: int) -> None:  # DeepSpeed's __init__ assigns 1 when no process group runs
-            pass
-
-    return AtWorld
-
-
 # ---------------------------------------------------------------------------------------------- the check
 
 
@@ -310,15 +259,6 @@ def _leaves(config: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield f"{prefix}{key}", value
 
 
-def _get(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _expected_text(key: str, hf_val: Any, args: Any, world: int) -> str:
     if key == "train_batch_size":
         return (
@@ -328,11 +268,11 @@ def _expected_text(key: str, hf_val: Any, args: Any, world: int) -> str:
     if key in ("fp16.enabled", "bf16.enabled"):
         name = key.split(".")[0]
         return f"the training arguments have {name}={str(bool(hf_val)).lower()}"
-    return f"the training arguments give {TRAINER_OWNED.get(key, key)}={_show(hf_val)}"
+    return f"the training arguments give {TRAINER_OWNED.get(key, key)}={show(hf_val)}"
 
 
 def _runtime_problems(
-    written: dict, args: Any, world: int, model_config: Any, steps_known: bool
+    written: dict, args: Any, world: int, model_config: Any, steps_known: bool, on_gpu: bool = True
 ) -> tuple[list[Problem], list[Problem], dict]:
     """(errors, warnings, the filled config), stage by stage as transformers, accelerate and DeepSpeed run."""
     import transformers.integrations.deepspeed as hf_ds
@@ -347,7 +287,7 @@ def _runtime_problems(
         recorder.found = []
         recorder.trainer_config_process(at_world)  # TrainingArguments.__post_init__
         try:
-            DeepSpeedPlugin(hf_ds_config=recorder)  # ditto, right after
+            plugin = DeepSpeedPlugin(hf_ds_config=recorder)  # ditto, right after
         except ValueError as err:
             errors.append(
                 Problem(
@@ -355,6 +295,9 @@ def _runtime_problems(
                 )
             )
             return errors, warnings, recorder.config
+        if on_gpu:  # Trainer.__init__ -> AcceleratorState (not on CPU): adds the bf16/fp16 block the args ask for
+            with contextlib.suppress(ValueError):  # fp16/bf16 hard-coded against the args: a mismatch named below
+                plugin.set_mixed_precision(args.mixed_precision)
         # Trainer.train() -> deepspeed_init -> trainer_config_finalize; the model is only asked for its config.
         model = SimpleNamespace(config=model_config or SimpleNamespace(hidden_size=1024))
         steps = args.max_steps if args.max_steps > 0 else 1
@@ -368,9 +311,9 @@ def _runtime_problems(
                     )
                 )
         for key, ds_val, _hf_key, hf_val in recorder.found:
-            problem = Problem(key, ds_val, hf_val, f'set it to "auto" (or {_show(hf_val)})', "transformers")
+            problem = Problem(key, ds_val, hf_val, f'set it to "auto" (or {show(hf_val)})', "transformers")
             problem.detail = _expected_text(key, hf_val, args, world)
-            if key in STEP_KEYS and not steps_known:
+            if key in STEP_KEYS and not steps_known and step_dependent(key, ds_val, args):
                 problem.detail = "the runtime compares it with the optimizer steps, known only once the data is loaded"
                 problem.fix = 'set it to "auto" (or give max_steps)'
                 warnings.append(problem)
@@ -398,55 +341,19 @@ def _runtime_problems(
     if errors:
         return errors, warnings, config
     for key, value in ACCELERATE_FILLS.items():
-        node = _get(config, key.rsplit(".", 1)[0]) if "." in key else config
+        node = get(config, key.rsplit(".", 1)[0]) if "." in key else config
         if isinstance(node, dict) and node.get(key.rsplit(".", 1)[-1]) == "auto":
             node[key.rsplit(".", 1)[-1]] = value
 
-    # deepspeed.initialize -> DeepSpeedConfig
-    try:
-        ds = _deepspeed_config_class()(copy.deepcopy(config), world)
-    except Exception as err:  # AssertionError, ValueError, pydantic's ValidationError: DeepSpeed's own words
-        errors.append(_deepspeed_problem(err, written, config, args, world))
-        return errors, warnings, config
-    warnings += _derivation_warnings(written, ds, args)
+    # deepspeed.initialize -> DeepSpeedConfig (every key it refuses), then what the engine refuses as it builds
+    found, ds = deepspeed_config_problems(written, config, world)
+    errors += found + engine_problems(config, world)
+    if ds is not None:
+        warnings += _derivation_warnings(written, ds, args, config)
     return errors, warnings, config
 
 
-def _deepspeed_problem(err: Exception, written: dict, config: dict, args: Any, world: int) -> Problem:
-    text = " ".join(str(err).split())
-    if "batch" in text or "gradient_accumulation_steps" in text or "Gradient accumulation" in text:
-        missing = [k for k in BATCH_KEYS if k not in written]
-        fix = "add " + ", ".join(f'"{k}": "auto"' for k in missing) if missing else 'set the three batch keys to "auto"'
-        return Problem(
-            "train_batch_size",
-            config.get("train_batch_size"),
-            None,
-            fix,
-            "deepspeed",
-            f"DeepSpeed on {world} GPU(s): {text}",
-        )
-    if "bfloat16 and fp16" in text:
-        return Problem(
-            "bf16.enabled",
-            True,
-            None,
-            'set "fp16": {"enabled": "auto"} and "bf16": {"enabled": "auto"}',
-            "deepspeed",
-            "fp16.enabled is true too: DeepSpeed refuses both",
-        )
-    errors = getattr(err, "errors", None)
-    if callable(errors):  # pydantic: name the field DeepSpeed rejected
-        first = err.errors()[0]
-        section = "zero_optimization" if "zero" in type(err).__name__.lower() or "Zero" in text else ""
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        key = ".".join(p for p in (section, loc) if p) or "zero_optimization"
-        return Problem(
-            key, first.get("input"), None, "use a value DeepSpeed accepts", "deepspeed", first.get("msg", text)
-        )
-    return Problem("zero_optimization", None, None, "correct the setting DeepSpeed names", "deepspeed", text)
-
-
-def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
+def _derivation_warnings(written: dict, ds: Any, args: Any, filled: dict) -> list[Problem]:
     """Where DeepSpeed derived a batch key the file left out, and the Trainer runs something else."""
     out = []
     pairs = (
@@ -466,7 +373,7 @@ def _derivation_warnings(written: dict, ds: Any, args: Any) -> list[Problem]:
                 )
             )
     for name in ("bf16", "fp16"):
-        if getattr(args, name) and name not in written:
+        if getattr(args, name) and name not in written and get(filled, f"{name}.enabled") is not True:
             out.append(
                 Problem(
                     f"{name}.enabled",
@@ -648,7 +555,9 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     counts, model_config, why = (
         _model_parameters(run.model_name_or_path, run.trainer, vision_frozen) if run else (None, None, None)
     )
-    errors, warnings, filled = _runtime_problems(written, args, world, model_config, steps_known=args.max_steps > 0)
+    errors, warnings, filled = _runtime_problems(
+        written, args, world, model_config, steps_known=args.max_steps > 0, on_gpu=_on_gpu(config, overrides)
+    )
     if problems:  # no accumulation exists for this layout: batch findings would only repeat that
         errors = [p for p in errors if p.key not in BATCH_KEYS]
     report.errors += errors
@@ -669,6 +578,17 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     if disk and run is not None and counts is not None:
         report.errors += _disk_problems(run, args, str(config))
     return report
+
+
+def _on_gpu(config: str | Path | None, overrides: list[str]) -> bool:
+    """Whether the job runs on GPUs: yes unless use_cpu is given true (the check itself parses with use_cpu,
+    so that bf16 parses on a login node)."""
+    from vtt.config import read_yaml
+
+    _, given = _pop_option(list(overrides), "--use_cpu")
+    if given is None and config is not None:
+        given = read_yaml(config).get("use_cpu")
+    return str(given).lower() not in ("true", "1", "yes")
 
 
 def _dataloader_problems(args: Any, config: str | Path | None) -> list[Problem]:
@@ -718,7 +638,7 @@ def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
     changed = []
     for key in TRAINER_OWNED:
         parent, _, leaf = key.rpartition(".")
-        node = _get(config, parent) if parent else config
+        node = get(config, parent) if parent else config
         if key in BATCH_KEYS and leaf not in config:
             config[leaf] = "auto"
             changed.append(key)
@@ -746,17 +666,26 @@ def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
 def _quiet() -> Iterator[None]:
     """DeepSpeed and transformers log at import and config time; a check prints only its findings.
 
-    DS_ACCELERATOR=cpu (no accelerator probe, no "Setting accelerator" warning) holds only while the
-    check runs: left in the environment, `vtt run`'s trainers inherited it and DeepSpeed put ZeRO-3's
-    parameters on the CPU beside NCCL ("No backend type associated with device type cpu").
+    Their loggers are quietened after both are imported: DeepSpeed's import sets its logger to WARNING, so a
+    level set before it was undone and DeepSpeedConfig's warnings reached the report. The levels are put
+    back afterwards. DS_ACCELERATOR=cpu (no accelerator probe, no "Setting accelerator" warning) holds only
+    while the check runs: left in the environment, `vtt run`'s trainers inherited it and DeepSpeed put
+    ZeRO-3's parameters on the CPU beside NCCL ("No backend type associated with device type cpu").
     """
     saved = os.environ.get("DS_ACCELERATOR")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for name in ("DeepSpeed", "deepspeed", "transformers", "accelerate"):
+    import deepspeed.utils.logging  # noqa: F401  (creates DeepSpeed's logger, at its own level)
+    import transformers.utils.logging  # noqa: F401  (likewise transformers')
+
+    names = ("DeepSpeed", "deepspeed", "transformers", "accelerate")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         if saved is None:
             os.environ.pop("DS_ACCELERATOR", None)
 
