@@ -7,7 +7,9 @@ Sampling is defined on presentation time, so both backends (OpenCV, the default,
 same frames: the segment [start, end] is cut into n equal spans and each span gives the frame on
 screen at its middle. `uniform` takes n = num_frames; `fps` takes n = duration x fps, capped at
 max_frames (the rate drops so the frames still cover the whole segment). A clip shorter than n
-frames gives each of its frames once: never zero, never a duplicate.
+frames gives each of its frames once: never zero, never a duplicate. Where two middles fall on one
+frame (a gap in the decoded frames, a variable rate) the repeat moves to the next frame, so a clip
+with n frames in the segment gives n.
 
 The fast path trusts the container's frame count and rate, reads the picked frames in order (decoding
 forward over short gaps, seeking over long ones), and checks each frame's timestamp against the one
@@ -120,7 +122,7 @@ def resize(rgb: np.ndarray, size: Size) -> np.ndarray:
 class _OpenCVReader:
     """OpenCV's FFmpeg capture: grab() decodes, retrieve() converts only the frames we keep."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, untimed_rate: float | None):
         self.path = path
         self.capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not self.capture.isOpened():
@@ -128,7 +130,7 @@ class _OpenCVReader:
         self.count = _frame_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.fps = float(self.capture.get(cv2.CAP_PROP_FPS))
         # OpenCV reports 0 ms for every frame of a stream without timestamps: place them by index.
-        self.untimed_rate = _rate_without_timestamps(path)
+        self.untimed_rate = untimed_rate
         self.position = 0  # the index of the frame the next grab() decodes
 
     def seek(self, index: int) -> None:
@@ -159,7 +161,7 @@ class _OpenCVReader:
 class _PyAVReader:
     """PyAV: the same four calls over FFmpeg's own demuxer and decoder."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, untimed_rate: float | None):
         import av
 
         self.av = av
@@ -178,7 +180,7 @@ class _PyAVReader:
         self.count = _frame_count(self.stream.frames)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
-        self.untimed_rate = _rate_without_timestamps(path)
+        self.untimed_rate = untimed_rate  # PyAV's frames of such a stream have no pts
         self.position = 0  # the index of the frame the next grab() gives
         self.frames = None
         self.frame = None
@@ -267,8 +269,8 @@ def _rate_without_timestamps(path: Path) -> float | None:
         return None
 
 
-def _open(path: Path, backend: str):
-    return _OpenCVReader(path) if backend == "opencv" else _PyAVReader(path)
+def _open(path: Path, backend: str, untimed_rate: float | None):
+    return (_OpenCVReader if backend == "opencv" else _PyAVReader)(path, untimed_rate)
 
 
 def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
@@ -320,9 +322,9 @@ def _check_ends_where_reported(path: Path, count: int, fps: float) -> None:
         return
 
 
-def _frame_times(path: Path, backend: str) -> list[float]:
+def _frame_times(path: Path, backend: str, untimed_rate: float | None) -> list[float]:
     """Every decodable frame's time, by decoding the clip from start to end."""
-    reader = _open(path, backend)
+    reader = _open(path, backend, untimed_rate)
     try:
         times = []
         while reader.grab():
@@ -332,9 +334,9 @@ def _frame_times(path: Path, backend: str) -> list[float]:
         reader.close()
 
 
-def _read_counting(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -> list[tuple[float, np.ndarray]]:
     """Picked frames located by decoding: the clip's times are learnt first, then the picks are read."""
-    times = _frame_times(path, sampling.backend)
+    times = _frame_times(path, sampling.backend, untimed_rate)
     if not times:
         raise _Unreadable(path, "no frame could be decoded")
     if len(times) > 1 and times[-1] <= times[0]:
@@ -351,7 +353,7 @@ def _read_counting(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarr
     last_inside = max(first_inside, int(np.searchsorted(times, end, side="left")) - 1)
     picks = _distinct(on_screen, first_inside, last_inside)
     chosen = set(picks)
-    reader = _open(path, sampling.backend)
+    reader = _open(path, sampling.backend, untimed_rate)
     frames = []
     try:
         for index in range(picks[-1] + 1):
@@ -397,14 +399,15 @@ def _segment(path: Path, sampling: Sampling, duration: float, first: float = 0.0
 def _read_with(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
     """The picks by `sampling.backend`; _Unreadable for any failure of the backend on this file."""
     try:
-        reader = _open(path, sampling.backend)
+        untimed_rate = _rate_without_timestamps(path)
+        reader = _open(path, sampling.backend, untimed_rate)
         try:
             return _read_trusting_metadata(reader, sampling)
         except _Untrusted:
             pass
         finally:
             reader.close()
-        return _read_counting(path, sampling)
+        return _read_counting(path, sampling, untimed_rate)
     except VideoError:
         raise
     except _Untrusted as err:  # a frame that decoded but would not convert, in the counting pass
