@@ -88,3 +88,30 @@ def test_local_profile_refuses_slurm_settings(tmp_path):
 def test_profile_name_resolves_to_shipped_file():
     assert profile_path("ci").resolve() == (ROOT / "jobs" / "clusters" / "ci.yaml").resolve()
     assert load_profile(profile_path("ci")).gpus_per_node == 8
+
+
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token, made up
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f"env:\n  NCCL_DEBUG: WARN\n  HUB: {TOKEN}\n", "env.HUB"),  # a name that does not say "token"
+        (f"sbatch_extra: ['--comment=pull with {TOKEN}']\n", "sbatch_extra[0]"),
+        (f"container:\n  runtime: pyxis\n  image: 'https://user:{TOKEN}@hf.co/x.sqsh'\n", "container.image"),
+        (f"description: {TOKEN}\n", "description"),
+        (f"gpus_per_node_typo: {TOKEN}\n", "gpus_per_node_typo"),  # refused before the unknown key
+    ],
+)
+def test_token_value_anywhere_in_a_profile_is_refused_masked(tmp_path, text, key):
+    path = write(tmp_path, "gpus_per_node: 4\n" + text)
+    with pytest.raises(ValueError) as raised:
+        load_profile(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {key} (hf_…4567) holds what looks like a Hugging Face token"), message
+    assert TOKEN not in message and "Export HF_TOKEN in the shell you submit from" in message
+
+
+def test_a_short_hf_word_is_not_taken_for_a_token(tmp_path):
+    profile = load_profile(write(tmp_path, "gpus_per_node: 4\nenv:\n  CACHE: /data/hf_cache_of_models\n"))
+    assert profile.env == {"CACHE": "/data/hf_cache_of_models"}

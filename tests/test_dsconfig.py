@@ -443,3 +443,129 @@ def test_zero2_buckets_of_hidden_size_squared_are_flagged_and_the_shipped_size_i
     assert '"auto" fills it with hidden_size² = 1,048,576' in line and "flushes" in line and "200000000" in line
     assert not check_run(job, 1, deepspeed=ROOT / "deepspeed" / "zero2.json").warnings
     assert not check_run(job, 2, deepspeed=ROOT / "deepspeed" / "zero3.json").warnings  # stage 3: not judged
+
+
+def write_ds(tmp_path: Path, name: str, **changes) -> Path:
+    """deepspeed/zero2.json with top-level blocks or keys replaced."""
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+    ds.update(changes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(ds))
+    return path
+
+
+def test_every_key_deepspeed_refuses_is_named_by_its_dotted_key(tmp_path):
+    zero = dict(read_deepspeed(ROOT / "deepspeed" / "zero2.json")["zero_optimization"], reduce_bucket=5)
+    blocks = {
+        "compile": {"disable": True},
+        "bf16": {"enabled": "auto", "loss_scale": 0},
+        "fp16": {"enabled": "auto", "loss_scal": 0},
+        "zero_optimization": zero,
+    }
+    # DeepSpeed itself refuses each one alone (it stops at the first block it validates).
+    cases = []
+    for name, block in blocks.items():
+        ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+        ds[name] = block
+        cases.append({"ds": ds, "args": {}, "world": 1, "gpus": 1, "nodes": 1})
+    assert {v["stage"] for v in runtime_verdicts(cases, tmp_path)} == {"deepspeed"}
+
+    report = check_run(None, 1, deepspeed=write_ds(tmp_path, "four", **blocks))
+    found = {p.key: p for p in report.errors}
+    assert set(found) == {"compile.disable", "bf16.loss_scale", "fp16.loss_scal", "zero_optimization.reduce_bucket"}
+    assert all(p.source == "deepspeed" and p.fix.startswith("remove it") for p in found.values())
+    assert found["fp16.loss_scal"].fix == "remove it (did you mean 'loss_scale'?)"
+    assert "it takes" in found["compile.disable"].fix and "deepcompile" in found["compile.disable"].fix
+    assert "has no such key in bf16" in found["bf16.loss_scale"].detail
+
+
+def test_hard_coded_warmup_the_runtime_refuses_is_an_error_without_max_steps(tmp_path):
+    scheduler = {"type": "WarmupLR", "params": {"warmup_min_lr": AUTO, "warmup_max_lr": AUTO, "warmup_num_steps": 50}}
+    path = write_ds(tmp_path, "warmup", scheduler=scheduler)
+    # warmup_steps 10 is a count: transformers fills max(1, 10) whatever the data's steps, and refuses 50.
+    case = {"ds": read_deepspeed(path), "args": {"warmup_steps": 10}, "world": 1, "gpus": 1, "nodes": 1}
+    (runtime,) = runtime_verdicts([case], tmp_path)
+    assert (runtime["stage"], runtime["keys"]) == ("transformers", ["scheduler.params.warmup_num_steps"])
+    report = check_run(None, 1, overrides=["--warmup_steps", "10"], deepspeed=path)
+    assert [(p.key, p.value, p.expected) for p in report.errors] == [("scheduler.params.warmup_num_steps", 50, 10)]
+    # A ratio of the steps: known once the data is loaded, so only a warning.
+    ratio = check_run(None, 1, overrides=["--warmup_steps", "0.1"], deepspeed=path)
+    assert ratio.ok and [p.key for p in ratio.warnings] == ["scheduler.params.warmup_num_steps"]
+
+
+def test_warmup_that_is_not_a_positive_whole_number_is_refused_as_deepspeed_does(tmp_path):
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupLR
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="warmup_num_steps must be a positive integer"):
+        WarmupLR(optimizer, warmup_num_steps=10.0)  # what deepspeed.initialize builds from the file
+    scheduler = {"type": "WarmupLR", "params": {"warmup_max_lr": AUTO, "warmup_num_steps": 10.0}}
+    report = check_run(
+        None, 1, overrides=["--warmup_steps", "10"], deepspeed=write_ds(tmp_path, "w", scheduler=scheduler)
+    )
+    (problem,) = report.errors
+    assert (problem.key, problem.source) == ("scheduler.params.warmup_num_steps", "deepspeed")
+    assert "positive whole number, not 10.0" in problem.detail
+
+
+@pytest.mark.parametrize("name", ["OneBitAdam", "OneBitLamb", "ZeroOneAdam"])
+def test_optimizer_deepspeed_dropped_is_refused_with_adamw_as_the_fix(tmp_path, name):
+    path = write_ds(tmp_path, name, optimizer={"type": name, "params": {"lr": AUTO}})
+    report = check_run(None, 2, deepspeed=path)
+    (problem,) = report.errors
+    assert (problem.key, problem.value) == ("optimizer.type", name)
+    assert "no 1-bit optimizers" in problem.detail and problem.fix == 'set "type": "AdamW"'
+    adamw = write_ds(tmp_path, "adamw", optimizer={"type": "AdamW", "params": {"lr": AUTO}})
+    assert check_run(None, 2, deepspeed=adamw).ok
+
+
+def test_tensor_parallel_wider_than_the_job_is_refused(tmp_path):
+    path = write_ds(tmp_path, "tp", tensor_parallel={"autotp_size": 4})
+    (problem,) = check_run(None, 2, deepspeed=path).errors
+    assert (problem.key, problem.value) == ("tensor_parallel.autotp_size", 4)
+    assert "divides the 2 GPU(s): 1, 2" in problem.fix
+    assert check_run(None, 4, deepspeed=path).ok
+    assert [p.key for p in check_run(None, 6, deepspeed=path).errors] == ["tensor_parallel.autotp_size"]
+
+
+def test_no_fp32_warning_where_accelerate_adds_the_precision_block_on_gpus(tmp_path):
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+    del ds["bf16"]
+    path = tmp_path / "no-bf16.json"
+    path.write_text(json.dumps(ds))
+    # A GPU job: the Trainer's AcceleratorState adds {"bf16": {"enabled": true}} from bf16=true.
+    gpu = check_run(None, 2, overrides=["--bf16", "true"], deepspeed=path)
+    assert gpu.ok and not gpu.warnings and gpu.config["bf16"] == {"enabled": True}
+    # On CPU nothing adds it: DeepSpeed trains in fp32, whatever the arguments say.
+    cpu = check_run(None, 2, overrides=["--bf16", "true", "--use_cpu", "true"], deepspeed=path)
+    assert [p.key for p in cpu.warnings] == ["bf16.enabled"] and "trains in fp32" in cpu.warnings[0].detail
+
+
+def test_deepspeeds_own_log_lines_stay_out_of_the_report(tmp_path):
+    # Both make DeepSpeedConfig log a warning (a deprecated key, an unaligned vocabulary).
+    zero = dict(read_deepspeed(ROOT / "deepspeed" / "zero2.json")["zero_optimization"], cpu_offload=False)
+    path = write_ds(tmp_path, "noisy", zero_optimization=zero, vocabulary_size=1001)
+    done = subprocess.run(  # a process of its own: DeepSpeed is imported inside the check, as `vtt check` does
+        [sys.executable, "-m", "vtt.cli", "check", "--deepspeed", str(path), "--gpus", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "memory: skipped (no run config (--config): no model to size)",
+        f"{path} on 2 GPU(s): consistent",
+    ]
+    assert "[WARNING]" not in done.stderr
+
+
+def test_check_puts_the_log_levels_back(tmp_path):
+    import logging
+
+    import deepspeed.utils.logging  # noqa: F401
+
+    logging.getLogger("DeepSpeed").setLevel(logging.INFO)  # a trainer in this process would log as it chose
+    check_run(None, 1, deepspeed=ROOT / "deepspeed" / "zero2.json")
+    assert logging.getLogger("DeepSpeed").level == logging.INFO
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # DeepSpeed's own default

@@ -158,3 +158,23 @@ def test_render_command_writes_nothing_when_preflight_fails(tmp_path):
     assert done.returncode == 2
     assert "vtt render: error: jobs/clusters/ci.yaml: gpus_per_node is 8" in done.stderr
     assert not out.exists()
+
+
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a real token, made up
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [(f"env:\n  HF_TOKEN: {TOKEN}\n", "env.HF_TOKEN"), (f"sbatch_extra: ['--comment={TOKEN}']\n", "sbatch_extra[0]")],
+)
+def test_render_refuses_a_profile_holding_a_token_and_writes_no_script(tmp_path, text, key):
+    profile = tmp_path / "site.yaml"
+    profile.write_text("gpus_per_node: 2\n" + text)
+    out = tmp_path / "job.sh"
+    command = [sys.executable, "-m", "vtt.cli", "render", "--cluster", str(profile), "--config", "jobs/tiny-llava.yaml"]
+    done = subprocess.run([*command, "--gpus", "1", "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"vtt render: error: {profile}: {key} (hf_…4567) holds what looks like a Hugging")
+    assert TOKEN not in done.stdout + done.stderr
+    assert not out.exists()
+
