@@ -177,4 +177,3 @@ def test_render_refuses_a_profile_holding_a_token_and_writes_no_script(tmp_path,
     assert done.stderr.startswith(f"vtt render: error: {profile}: {key} (hf_…4567) holds what looks like a Hugging")
     assert TOKEN not in done.stdout + done.stderr
     assert not out.exists()
-
