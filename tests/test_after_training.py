@@ -131,7 +131,7 @@ def test_end_of_training_eval_scores_every_held_out_sample(runs, held_out, train
     predictions, references = [row["prediction"] for row in rows], [row["reference"] for row in rows]
     assert results["metrics"]["bleu"] == sacrebleu.corpus_bleu(predictions, [references]).score
     assert results["metrics"]["chrf"] == sacrebleu.corpus_chrf(predictions, [references]).score
-    assert results["metrics"] == score(predictions, references)
+    assert results["metrics"] == {**score(predictions, references), "failed": 0}
 
 
 @pytest.mark.parametrize("trainer", list(CONFIGS))
@@ -190,10 +190,34 @@ def test_eval_prints_a_table_and_writes_json(runs, held_out, tmp_path):
     out = tmp_path / "eval.json"
     done = vtt("eval", "--model", str(runs["seq2seq"]), "--data", str(held_out), "--out", str(out))
     results = json.loads(out.read_text())
-    assert set(results["metrics"]) == {"bleu", "chrf", "exact_match", "prediction_words", "reference_words", "samples"}
-    assert results["metrics"]["samples"] == 3
+    metrics = {"bleu", "chrf", "exact_match", "prediction_words", "reference_words", "samples", "failed"}
+    assert set(results["metrics"]) == metrics
+    assert results["metrics"]["samples"] == 3 and results["metrics"]["failed"] == 0
     assert "bleu" in done.stdout and "chrf" in done.stdout and "exact_match" in done.stdout
     assert read_jsonl(tmp_path / "eval_predictions.jsonl")[0]["id"] == "clip000"
+
+
+def test_predict_and_eval_record_a_bad_clip_and_a_bad_line_and_go_on(runs, held_out, tmp_path):
+    """A clip that fails to decode and a line that is no sample get failed rows saying why; the rest is answered."""
+    from videos import random_bytes
+
+    lines = read_jsonl(held_out)
+    lines[1]["video"] = str(random_bytes(tmp_path / "broken.mp4"))
+    data = tmp_path / "with-bad.jsonl"
+    data.write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1]) + "\n42\n" + json.dumps(lines[2]) + "\n")
+    out = tmp_path / "predictions.jsonl"
+    done = vtt("predict", "--model", str(runs["llava"]), "--manifest", str(data), "--out", str(out))
+    rows = read_jsonl(out)
+    assert [row["id"] for row in rows] == ["clip000", "clip001", "3", "clip002"]
+    assert rows[0]["prediction"] and rows[3]["prediction"]
+    assert rows[1]["prediction"] is None and "broken.mp4" in rows[1]["error"]
+    assert rows[2]["prediction"] is None and "where a JSON object belongs" in rows[2]["error"], rows[2]
+    assert "2 sample(s) got none" in done.stdout
+
+    results = tmp_path / "eval.json"
+    vtt("eval", "--model", str(runs["llava"]), "--data", str(data), "--out", str(results))
+    metrics = json.loads(results.read_text())["metrics"]
+    assert metrics["samples"] == 2 and metrics["failed"] == 2
 
 
 def test_eval_of_data_without_answers_names_the_sample(runs, held_out, tmp_path):

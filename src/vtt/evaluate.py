@@ -56,15 +56,21 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def scored(rows: list[dict[str, Any]], where: str) -> dict[str, float]:
-    """Metrics over rows; a ValueError names the first row without a reference or a prediction."""
-    for number, row in enumerate(rows, start=1):
+    """Metrics over the rows that have a prediction, with `failed` counting those that do not (their `error`
+    says why); a ValueError names the first scored row without a reference."""
+    failed = [row for row in rows if row.get("prediction") is None and "error" in row]
+    answered = [row for row in rows if not (row.get("prediction") is None and "error" in row)]
+    for number, row in enumerate(answered, start=1):
         for key in ("prediction", "reference"):
             if not isinstance(row.get(key), str):
                 raise ValueError(
                     f"{where}: sample {number} (id {row.get('id')!r}) has no {key}; "
                     "eval needs data with answers (the manifest's answer/caption field)"
                 )
-    return score([row["prediction"] for row in rows], [row["reference"] for row in rows])
+    if not answered:
+        raise ValueError(f"{where}: none of its {len(rows)} samples got a prediction; their errors say why")
+    metrics = score([row["prediction"] for row in answered], [row["reference"] for row in answered])
+    return {**metrics, "failed": len(failed)}
 
 
 def evaluate_model(

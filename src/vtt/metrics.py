@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "prediction_words": "mean words per prediction",
     "reference_words": "mean words per reference",
     "samples": "predictions scored",
+    "failed": "samples with no prediction (a clip that failed to decode, a bad manifest line): not scored",
 }
 
 

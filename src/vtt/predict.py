@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vtt.data import is_prepared, read_manifest, seq2seq_source
+from PIL import Image
+
+from vtt.data import DOWNLOAD_CACHE, is_prepared, local_video, manifest_entries, seq2seq_source
+from vtt.download import DownloadError
 from vtt.runlog import RUN_RECORD, write_atomically
+from vtt.video import VideoError
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -41,6 +45,8 @@ class Item:
     video: str | None = None
     frames: list | None = None
     source: str | None = None
+    error: str | None = None  # why this item gets no prediction (a bad manifest line, a clip that failed)
+    prediction: str | None = None
 
 
 def trainer_of_model(model: str) -> str:
@@ -71,17 +77,26 @@ def saved_settings(model: str) -> dict[str, Any]:
 
 
 def items_from_manifest(path: str | Path, trainer: str) -> list[Item]:
-    """Every line of a manifest; answers are optional here (they become references when present)."""
-    return [
-        Item(
-            id=s.id,
-            question=s.question,
-            reference=s.answer or None,
-            video=s.video,
-            source=seq2seq_source(s) if trainer == "seq2seq" else None,
+    """Every line of a manifest, in order; answers are optional here (they become references when present).
+
+    A line that is not a usable sample is an item with its `error`, so it gets a failed row, not a crash.
+    """
+    samples, rejects = manifest_entries(path, answers=False)
+    items = [
+        (
+            s.line,
+            Item(
+                id=s.id,
+                question=s.question,
+                reference=s.answer or None,
+                video=s.video,
+                source=seq2seq_source(s) if trainer == "seq2seq" else None,
+            ),
         )
-        for s in read_manifest(path, answers=False)
+        for s in samples
     ]
+    items += [(r.line, Item(id=r.id or str(r.line), question="", video=r.video, error=r.reason)) for r in rejects]
+    return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
 
 def items_from_prepared(path: str | Path, trainer: str) -> list[Item]:
@@ -142,12 +157,18 @@ class LlavaAnswerer:
         self.processor.tokenizer.padding_side = "left"
         self.device, self.num_frames, self.max_new_tokens = device, num_frames, max_new_tokens
 
+    def load(self, item: Item) -> None:
+        """Decode the item's frames (VideoError, DownloadError when its clip cannot give them)."""
+        from vtt.video import Sampling, read_frames
+
+        if item.frames is None:
+            frames = read_frames(local_video(item.video, DOWNLOAD_CACHE), Sampling(num_frames=self.num_frames))
+            item.frames = [Image.fromarray(frame) for frame in frames]
+
     def answer(self, items: list[Item]) -> list[str]:
         import torch
 
-        from vtt.video import sample_frames
-
-        frames = [item.frames or sample_frames(item.video, self.num_frames) for item in items]
+        frames = [item.frames for item in items]
         texts = [
             self.processor.apply_chat_template(
                 [
@@ -181,6 +202,9 @@ class Seq2SeqAnswerer:
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=dtype).to(device).eval()
         set_languages(self.tokenizer, self.model, src_lang, tgt_lang)
         self.device, self.max_new_tokens = device, max_new_tokens
+
+    def load(self, item: Item) -> None:
+        """Nothing to read: the source text is in the item."""
 
     def answer(self, items: list[Item]) -> list[str]:
         import torch
@@ -225,8 +249,26 @@ def batches(items: list[Item], size: int) -> Iterator[list[Item]]:
         yield items[start : start + size]
 
 
+# What one item can raise while it is read or answered, without the next one being affected: its row fails.
+ITEM_ERRORS = (VideoError, DownloadError, ValueError, RuntimeError, OSError)
+
+
+def answers_or_errors(model_answers, items: list[Item]) -> list[str | Exception]:
+    """Each item's answer, or the error it raised: a batch that fails is answered again item by item."""
+    try:
+        return list(model_answers.answer(items))
+    except ITEM_ERRORS as err:
+        if len(items) == 1:
+            return [err]
+    return [answer for item in items for answer in answers_or_errors(model_answers, [item])]
+
+
 def predict(model: str, items: list[Item], batch_size: int = 8, **settings: Any) -> list[dict[str, Any]]:
-    """One row (id, question, reference when known, prediction) per item, in order, with a progress bar."""
+    """One row (id, question, reference when known, prediction) per item, in order, with a progress bar.
+
+    An item that cannot be answered (a bad manifest line, a clip that fails to decode, an error while
+    generating for it) gets a row with `"prediction": null` and its `error`; the others go on.
+    """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -236,11 +278,26 @@ def predict(model: str, items: list[Item], batch_size: int = 8, **settings: Any)
     rows = []
     with tqdm(total=len(items), desc=f"predict ({trainer})", unit="sample", file=sys.stderr) as bar:
         for batch in batches(items, batch_size):
-            for item, text in zip(batch, model_answers.answer(batch), strict=True):
+            for item in batch:
+                if item.error is None:
+                    try:
+                        model_answers.load(item)
+                    except (VideoError, DownloadError) as err:
+                        item.error = str(err)
+            ready = [item for item in batch if item.error is None]
+            for item, answer in zip(ready, answers_or_errors(model_answers, ready), strict=True):
+                if isinstance(answer, Exception):
+                    item.error = f"{type(answer).__name__}: {answer}"
+                else:
+                    item.prediction = answer.strip()
+            for item in batch:
                 row = {"id": item.id, "question": item.question}
                 if item.reference is not None:
                     row["reference"] = item.reference
-                row["prediction"] = text.strip()
+                row["prediction"] = None if item.error else item.prediction
+                if item.error:
+                    row["error"] = item.error
+                    print(f"vtt predict: no prediction for {item.id}: {item.error}", file=sys.stderr)
                 rows.append(row)
             bar.update(len(batch))
     return rows
@@ -306,5 +363,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     write_jsonl(rows, out)
     for row in rows[:5]:
         print(f"{row['id']}: {row['prediction']}")
-    print(f"vtt predict: {len(rows)} prediction(s) from the {trainer} model {args.model} -> {out}")
-    return 0
+    failed = sum(row["prediction"] is None for row in rows)
+    print(f"vtt predict: {len(rows) - failed} prediction(s) from the {trainer} model {args.model} -> {out}")
+    if failed:
+        print(f'vtt predict: {failed} sample(s) got none: their rows say why ("error")')
+    return 1 if rows and failed == len(rows) else 0
