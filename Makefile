@@ -13,7 +13,8 @@ CONFIG  ?= jobs/$(TRAINER).yaml
 ARGS    ?=
 DS      ?=
 
-.PHONY: help setup demo test lint format local check render submit push prepare clean predict eval report image sif push-image stage nccl-check
+
+.PHONY: help setup system demo test test-fast lint format local check render submit push prepare clean predict eval report image sif push-image stage nccl-check
 # Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= vtt:$(VERSION)
@@ -82,8 +83,17 @@ format: setup ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-test: setup lint ## install what is missing and run the whole test suite
+system: ## install the system packages the tests use (as root; otherwise prints the command)
+	@tools/system-packages.sh
+
+# DeepSpeed compiles its CPU ops (g++, ninja) on first use; a kept folder spares the suite's launches the rebuild.
+test test-fast: export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vtt/torch_extensions
+
+test: setup system lint ## install what is missing (venv, and as root the system packages), run the whole suite
 	$(VENV)/bin/pytest $(ARGS)
+
+test-fast: setup system ## the suite without the launches marked slow (a few minutes): for iteration
+	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
 image: ## docker build the CUDA image vtt:<version> [CUDA_IMAGE=...@sha256:...] [ARCHS="8.0;9.0"]
 	$(DOCKER) build -t $(IMAGE) $(if $(CUDA_IMAGE),--build-arg CUDA_IMAGE=$(CUDA_IMAGE)) $(if $(ARCHS),--build-arg TORCH_CUDA_ARCH_LIST="$(ARCHS)") .
