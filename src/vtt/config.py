@@ -134,8 +134,8 @@ def arguments_parser(*classes: type):
     from trl import TrlParser
 
     class Parser(TrlParser):
-        def error(self, message):  # `--num_frames 2.5`: argparse's own words, as one line the CLI prints
-            raise ValueError(f"{message}; `vtt <command> --help` lists the arguments")
+        def error(self, message):  # `--num_frames 2.5`: argparse's own words ("invalid int value"), one line
+            raise ValueError(message)
 
     return Parser(classes)
 

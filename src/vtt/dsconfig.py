@@ -191,7 +191,7 @@ def _training_arguments(
             raise ValueError(f"bad training argument in {' '.join(overrides)}: {err}") from None
         bad = range_problems((training,), overrides)
         if bad:
-            raise ValueError("; ".join(bad))
+            raise ValueError("bad training argument: " + "; ".join(bad))
         return None, None, training, None, problems
 
     argv = ["--config", str(config), *overrides]
