@@ -1,90 +1,32 @@
-"""Downloads, `vtt prepare`, and training from its output and from a manifest decoded on the fly."""
+"""`vtt prepare` (rows, rejects, options, full disks, stalled downloads), and training from its output
+and from a manifest decoded on the fly."""
 
 from __future__ import annotations
 
-import http.server
 import json
+import re
 import shutil
 import socket
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import logged_losses, train
 from datasets import load_from_disk
 from PIL import Image
+from servers import ScriptedServer, closed_port
 from videos import H264, pattern_clip
 
 from vtt.cli import main
-from vtt.download import DownloadError, DownloadPolicy, fetch
-
-FAST = DownloadPolicy(retries=2, base_wait=0.05, max_wait=0.1, timeout=5)
-
-
-class FlakyServer:
-    """An HTTP server on 127.0.0.1 (a free port) that answers 429 `failures` times, then serves `body`."""
-
-    def __init__(self, body: bytes, failures: int = 2):
-        self.body, self.failures, self.requests = body, failures, 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests += 1
-                if outer.requests <= outer.failures:
-                    self.send_response(429)
-                    self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
 def flaky(demo_inputs):
-    server = FlakyServer((demo_inputs["manifest"].parent / "clip000.mp4").read_bytes())
+    """A server that answers 429 twice, then serves a demo clip."""
+    server = ScriptedServer((demo_inputs["manifest"].parent / "clip000.mp4").read_bytes(), ["429", "429", "ok"])
     yield server
     server.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_fetch_retries_after_429_then_downloads_once(flaky, tmp_path):
-    path = fetch(f"{flaky.url}/clip.mp4", tmp_path, FAST)
-    assert flaky.requests == 3 and path.read_bytes() == flaky.body and path.suffix == ".mp4"
-    assert fetch(f"{flaky.url}/clip.mp4", tmp_path, FAST) == path and flaky.requests == 3  # cached
-
-
-def test_fetch_of_unreachable_url_is_a_download_error(tmp_path):
-    with pytest.raises(DownloadError, match="ConnectError"):
-        fetch(f"http://127.0.0.1:{closed_port()}/clip.mp4", tmp_path, FAST)
-    assert not any(tmp_path.iterdir())
-
-
-def test_fetch_refuses_other_schemes_and_files_over_the_size_cap(flaky, tmp_path):
-    with pytest.raises(DownloadError, match="only http and https"):
-        fetch("file:///etc/passwd", tmp_path, FAST)
-    flaky.failures = 0
-    with pytest.raises(DownloadError, match="over the size cap"):
-        fetch(f"{flaky.url}/clip.mp4", tmp_path, DownloadPolicy(max_bytes=100))
-    assert not any(tmp_path.iterdir())  # no partial file left
 
 
 @pytest.fixture
@@ -149,8 +91,11 @@ def test_prepare_rejects_samples_over_the_token_budget(demo_inputs, tmp_path, ca
     assert prepare(demo_inputs["manifest"], tmp_path / "fits", *common, "--frames", "4", "--max-length", "100") == 0
     assert "min=100, p50=100" in capsys.readouterr().out
     assert prepare(demo_inputs["manifest"], tmp_path / "over", *common, "--frames", "4", "--max-length", "99") == 1
-    [first, *_] = map(json.loads, (tmp_path / "over" / "rejects.jsonl").read_text().splitlines())
+    # Every sample over: no dataset folder (it would not load), the reasons beside where it would be.
+    assert not (tmp_path / "over").exists()
+    [first, *_] = map(json.loads, (tmp_path / "over.rejects.jsonl").read_text().splitlines())
     assert first["reason"].startswith("100 tokens (4 frames + text) is over max_length=99")
+    assert "no sample could be used, so no dataset was written" in capsys.readouterr().out
 
 
 def test_prepare_seq2seq_writes_source_target_without_decoding(mixed_manifest, tmp_path):
@@ -190,3 +135,143 @@ def test_llava_decodes_in_dataloader_workers_and_skips_a_bad_clip(demo_inputs, t
     [reject, *_] = map(json.loads, (run / "rejects.jsonl").read_text().splitlines())
     assert reject["line"] == 5 and "cannot open" in reject["reason"]
     assert "skipped manifest line 5" in done.stderr + done.stdout
+
+
+def test_prepare_rejects_a_clip_whose_download_stalls_and_writes_the_rest(demo_inputs, tmp_path, capsys):
+    videos = demo_inputs["manifest"].parent
+    server = ScriptedServer((videos / "clip000.mp4").read_bytes(), ["stall"])
+    try:
+        lines = [{"video": str(videos / "clip000.mp4"), "question": "q", "answer": "a"}] * 2
+        lines.append({"video": f"{server.url}/slow.mp4", "question": "q", "answer": "a"})
+        manifest = tmp_path / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        args = [
+            "--trainer",
+            "llava",
+            "--frames",
+            "2",
+            "--timeout",
+            "0.5",
+            "--retries",
+            "1",
+            "--max-reject-ratio",
+            "0.5",
+        ]
+        assert prepare(manifest, tmp_path / "prepared", *args) == 0
+    finally:
+        server.close()
+    assert len(load_from_disk(str(tmp_path / "prepared"))) == 2 and server.requests == 2
+    [reject] = map(json.loads, (tmp_path / "prepared" / "rejects.jsonl").read_text().splitlines())
+    assert reject["line"] == 3 and reject["reason"].startswith("download failed") and "ReadTimeout" in reject["reason"]
+    assert not [p for p in (tmp_path / "prepared.cache").rglob("*") if ".part-" in p.name]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--fps", "inf", "inf is out of range: give a finite number above 0"),
+        ("--fps", "nan", "nan is out of range: give a finite number above 0"),
+        ("--fps", "two", "'two' is not a number"),
+        ("--size", "-32", "-32 is out of range: give 1 or more"),
+        ("--max-reject-ratio", "-0.1", "-0.1 is out of range: give a finite number at least 0 and at most 1"),
+        ("--max-reject-ratio", "5", "5 is out of range"),
+        ("--frames", "0", "0 is out of range: give 1 or more"),
+        ("--workers", "0", "0 is out of range: give 1 or more"),
+        ("--max-frames", "0", "0 is out of range: give 1 or more"),
+        ("--max-length", "0", "0 is out of range: give 1 or more"),
+        ("--retries", "-1", "-1 is out of range: give 0 or more"),
+        ("--timeout", "-5", "-5 is out of range: give a finite number above 0"),
+        ("--max-download-mb", "0", "0 is out of range: give a finite number above 0"),
+    ],
+)
+def test_prepare_options_out_of_range_are_refused_with_the_option_and_range(tmp_path, capsys, option, value, message):
+    argv = ["prepare", "--manifest", "m.jsonl", "--out", str(tmp_path / "o"), "--trainer", "llava", option, value]
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert f"vtt prepare: error: argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_prepare_that_rejects_every_sample_leaves_the_earlier_output(mixed_manifest, tmp_path, capsys):
+    out = tmp_path / "text"
+    assert prepare(mixed_manifest, out, "--trainer", "seq2seq", "--max-reject-ratio", "1") == 0
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text('{"video": "clip000.mp4", "question": "q"}\n{"video": "clip001.mp4"}\n')
+    assert prepare(unanswered, out, "--trainer", "seq2seq") == 1
+    assert f"no dataset was written ({out} is left as it was): exit 1" in capsys.readouterr().out
+    assert len(load_from_disk(str(out))) == 9  # still the first run's
+    assert [json.loads(line)["line"] for line in (tmp_path / "text.rejects.jsonl").read_text().splitlines()] == [1, 2]
+    assert prepare(mixed_manifest, out, "--trainer", "seq2seq", "--max-reject-ratio", "1") == 0
+    assert not (tmp_path / "text.rejects.jsonl").exists()  # the reasons of a run that wrote nothing, gone with it
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (needs root); skipped where it cannot be mounted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a mapped file may linger
+
+
+@pytest.fixture
+def big_frames(tmp_path) -> Path:
+    """4 clips of ffmpeg's test pattern at 320x240: PNG frames of tens of kB each."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lines = []
+    for i in range(4):
+        pattern_clip(folder / f"p{i}.mp4", H264, seconds=2, size="320x240")
+        lines.append({"video": f"p{i}.mp4", "question": "q", "answer": "a"})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def test_prepare_on_a_full_disk_stops_with_the_space_and_keeps_the_earlier_output(
+    big_frames, small_disk, tmp_path, capsys
+):
+    out, cache = small_disk / "prepared", ["--cache", str(tmp_path / "cache")]
+    assert prepare(big_frames, out, "--trainer", "llava", "--frames", "2", "--size", "16", *cache) == 0
+    capsys.readouterr()
+    assert prepare(big_frames, out, "--trainer", "llava", "--frames", "12", "--size", "320", *cache) == 28
+    err = capsys.readouterr().err
+    # The free space (the 2 MiB less the first output) and the estimate of the need (two copies of the PNGs).
+    space = r"\((2\.0|2\.1) MB free when the write began, about \d\.\d MB needed\)"
+    assert re.search(rf"vtt prepare: error: {out}: no space left on the device {space}", err)
+    assert f"{out} is left as it was" in err
+    data = load_from_disk(str(out))
+    assert len(data) == 4 and len(data[0]["images"]) == 2 and data[0]["images"][0].size == (16, 12)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["prepared"]  # the staging folder is gone
+
+
+def test_prepare_with_its_frame_cache_on_a_full_disk_stops_and_leaves_no_partial_file(
+    big_frames, small_disk, tmp_path, capsys
+):
+    cache = small_disk / "cache"
+    args = ["--trainer", "llava", "--frames", "40", "--size", "320", "--cache", str(cache)]  # ~6 MB of PNG
+    assert prepare(big_frames, tmp_path / "prepared", *args) == 28
+    err = capsys.readouterr().err
+    assert f"vtt prepare: error: {cache}: no space left on the device (" in err and "nothing was written to" in err
+    assert not (tmp_path / "prepared").exists()
+    assert not [p for p in cache.rglob("*") if ".part-" in p.name]
+
+
+def test_prepare_removes_partial_files_of_killed_runs_from_its_cache(mixed_manifest, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache = tmp_path / "prepared.cache"
+    stale = [
+        cache / "downloads" / f"x.mp4.part-{socket.gethostname()}-{dead.pid}",
+        cache / "frames" / f"y.zip.part-{dead.pid}",
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    prepare(mixed_manifest, tmp_path / "prepared", "--trainer", "llava", "--frames", "2")
+    assert not any(path.exists() for path in stale)

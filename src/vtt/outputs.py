@@ -44,7 +44,7 @@ class NoSpace(Exception):
 
         need = f", about {size(needed)} needed" if needed else ""
         super().__init__(
-            f"{folder}: no space left on the device ({size(free)} free{need}): "
+            f"{folder}: no space left on the device ({size(free)} free when the write began{need}): "
             "free some space, or write to another disk"
         )
         self.folder, self.free, self.needed = folder, free, needed
@@ -72,13 +72,21 @@ def free_bytes(folder: Path) -> int:
 
 
 @contextmanager
-def space_checked(folder: Path, needed: int | None = None) -> Iterator[None]:
-    """Turn a write that runs out of space under `folder` into NoSpace; other errors pass unchanged."""
+def space_checked(folder: Path, needed: int | None = None, partial: Path | None = None) -> Iterator[None]:
+    """Turn a write that runs out of space under `folder` into NoSpace; other errors pass unchanged.
+
+    The free space reported is measured before the write: after it, files of the failed write that a library
+    still maps (datasets' Arrow files) hold space until the process ends. `partial`: a folder of the failed
+    write, removed before NoSpace is raised.
+    """
+    free = free_bytes(folder)
     try:
         yield
     except Exception as err:
         if is_out_of_space(err):
-            raise NoSpace(folder, free_bytes(folder), needed) from err
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise NoSpace(folder, free, needed) from err
         raise
 
 

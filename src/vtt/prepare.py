@@ -7,8 +7,11 @@ llava: frames are decoded once, in worker processes, into `<out>.cache/frames` (
 what is not there), then written with the conversation as prompt / completion / images rows
 (`datasets.Image`). seq2seq: source / target rows, no frame decoded. URLs are downloaded once into
 `<out>.cache/downloads`. The dataset is built in a hidden folder beside `--out` and renamed into place
-when complete. Samples that cannot be used are skipped and listed in `<out>/rejects.jsonl`; the exit
-code is 1 when more than --max-reject-ratio of them were.
+when complete (vtt.outputs: --out may not hold the manifest or its videos, may only replace an earlier
+`vtt prepare` output, and takes one writer at a time). Samples that cannot be used are skipped and listed
+in `<out>/rejects.jsonl`; the exit code is 1 when more than --max-reject-ratio of them were. When none can
+be used no dataset is written: the rejects go to `<out>.rejects.jsonl` and `--out` is left as it was
+(exit 1). A full disk stops with exit 28 (ENOSPC), `--out` left as it was.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import math
 import multiprocessing
 import os
-import shutil
+import sys
 import zipfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,8 +32,40 @@ from typing import Any
 import numpy as np
 
 from vtt.data import Reject, Sample, frame_size, llava_example, manifest_entries, seq2seq_source
-from vtt.download import DownloadError, DownloadPolicy, fetch, is_url
+from vtt.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
+from vtt.outputs import Claim, NoSpace, claim_output, space_checked
 from vtt.video import Sampling, VideoError, read_frames
+
+
+def count(minimum: int):
+    """An argparse type: a whole number of at least `minimum` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: give {minimum} or more") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {minimum} or more")
+        return value
+
+    return parse
+
+
+def number(low: float, high: float = math.inf, *, above: bool = False):
+    """An argparse type: a finite number from `low` (excluded with above=True) to `high`."""
+    bounds = f"{'above' if above else 'at least'} {low:g}" + (f" and at most {high:g}" if high < math.inf else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a number {bounds}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a finite number {bounds}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,19 +73,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write")
     parser.add_argument("--trainer", choices=["llava", "seq2seq"], required=True)
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("--frames", type=int, default=5, help="frames sampled uniformly from each clip (default 5)")
-    how.add_argument("--fps", type=float, help="frames a second instead of --frames")
-    parser.add_argument("--max-frames", type=int, help="cap on the frames of a clip with --fps")
-    parser.add_argument("--size", type=int, help="longest side of the frames (default: the --model processor's size)")
+    how.add_argument("--frames", type=count(1), default=5, help="frames sampled uniformly from each clip (default 5)")
+    how.add_argument("--fps", type=number(0, above=True), help="frames a second instead of --frames")
+    parser.add_argument("--max-frames", type=count(1), help="cap on the frames of a clip with --fps")
+    parser.add_argument(
+        "--size", type=count(1), help="longest side of the frames (default: the --model processor's size)"
+    )
     parser.add_argument("--backend", choices=["opencv", "pyav"], default="opencv", help="video decoder")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes (default: all CPUs)")
+    parser.add_argument(
+        "--workers", type=count(1), default=os.cpu_count(), help="decoding processes (default: all CPUs)"
+    )
     parser.add_argument("--model", help="model whose processor counts each sample's tokens (llava)")
-    parser.add_argument("--max-length", type=int, help="reject samples longer than this many tokens (needs --model)")
-    parser.add_argument("--max-reject-ratio", type=float, default=0.05, help="exit 1 above this share of rejects")
+    parser.add_argument(
+        "--max-length", type=count(1), help="reject samples longer than this many tokens (needs --model)"
+    )
+    parser.add_argument(
+        "--max-reject-ratio", type=number(0, 1), default=0.05, help="exit 1 above this share of rejects (0 to 1)"
+    )
     parser.add_argument("--cache", type=Path, help="downloads and decoded frames (default: <out>.cache)")
-    parser.add_argument("--retries", type=int, default=5, help="download retries on 429/5xx/connection errors")
-    parser.add_argument("--timeout", type=float, default=60.0, help="download timeout in seconds without data")
-    parser.add_argument("--max-download-mb", type=float, default=2048.0, help="size cap of one downloaded video")
+    parser.add_argument("--retries", type=count(0), default=5, help="download retries on 429/5xx/connection errors")
+    parser.add_argument(
+        "--timeout", type=number(0, above=True), default=60.0, help="download timeout in seconds without data"
+    )
+    parser.add_argument(
+        "--max-download-mb", type=number(0, above=True), default=2048.0, help="size cap of one downloaded video"
+    )
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -60,10 +108,33 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     samples, rejects = manifest_entries(args.manifest)
     total = len(samples) + len(rejects)
     out = args.out.resolve()
-    if args.trainer == "seq2seq":
-        rows = [{"source": seq2seq_source(s), "target": s.answer} for s in samples]
-        write_atomically(out, rows, None, rejects)
-        return summarize(total, rejects, args.max_reject_ratio, out)
+    cache = (args.cache or out.with_name(out.name + ".cache")).resolve()
+    # What replacing --out must not delete: the manifest, its videos (rejected lines' too) and the frame cache.
+    inputs = [args.manifest, *(Path(s.video) for s in samples if not is_url(s.video))]
+    inputs += [args.manifest.parent / r.video for r in rejects if r.video and not is_url(r.video)]
+    if args.trainer == "llava":
+        inputs.append(cache)
+    with claim_output(out, "prepare", inputs) as claim:
+        try:
+            if args.trainer == "seq2seq":
+                rows = [{"source": seq2seq_source(s), "target": s.answer} for s in samples]
+                written = write_dataset(claim, rows, None, rejects)
+            else:
+                rows, rejects = llava_rows(args, samples, rejects, cache)
+                written = write_dataset(claim, rows, llava_features(), rejects)
+        except NoSpace as err:
+            from vtt.disk import DISK_FULL_EXIT
+
+            left = f"{out} is left as it was" if out.exists() else f"nothing was written to {out}"
+            print(f"vtt prepare: error: {err}; {left}", file=sys.stderr)
+            return DISK_FULL_EXIT
+    return summarize(total, rejects, args.max_reject_ratio, out, written)
+
+
+def llava_rows(
+    args: argparse.Namespace, samples: list[Sample], rejects: list[Reject], cache: Path
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Decode (into the cache) and build the llava rows; returns them and every reject so far."""
     processor = load_processor(args.model) if args.model else None
     sampling = Sampling(
         num_frames=args.frames,
@@ -72,10 +143,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         size=args.size or (frame_size(processor) if processor else None),
         backend=args.backend,
     )
-    cache = (args.cache or out.with_name(out.name + ".cache")).resolve()
     policy = DownloadPolicy(args.retries, timeout=args.timeout, max_bytes=int(args.max_download_mb * 2**20))
-    frames, failed = decode_all(samples, sampling, cache, policy, args.workers)
-    rejects += failed
+    with space_checked(cache):
+        frames, failed = decode_all(samples, sampling, cache, policy, args.workers)
+    rejects = rejects + failed
     rows, lengths = [], []
     for sample in samples:
         if sample.line not in frames:
@@ -94,8 +165,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         rows.append(row)
     if lengths:
         print_lengths(lengths, args.max_length)
-    write_atomically(out, rows, llava_features(), rejects)
-    return summarize(total, rejects, args.max_reject_ratio, out)
+    return rows, rejects
 
 
 def frames_key(video: str, sampling: Sampling) -> str:
@@ -127,13 +197,16 @@ def decode_to_cache(
         return f"download failed: {err}", "download failed"
     except VideoError as err:
         return str(err), err.cause
-    partial = target.with_name(f"{target.name}.part-{os.getpid()}")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:  # PNG is compressed already
-        for i, frame in enumerate(frames):
-            ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            assert ok, "OpenCV failed to encode a decoded frame as PNG"
-            archive.writestr(f"{i:05d}.png", png.tobytes())
-    partial.rename(target)
+    partial = partial_path(target)
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:  # PNG is compressed already
+            for i, frame in enumerate(frames):
+                ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                assert ok, "OpenCV failed to encode a decoded frame as PNG"
+                archive.writestr(f"{i:05d}.png", png.tobytes())
+        partial.rename(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return None
 
 
@@ -149,6 +222,9 @@ def decode_all(
     from tqdm import tqdm
 
     (cache / "frames").mkdir(parents=True, exist_ok=True)
+    for folder in (cache / "frames", cache / "downloads"):  # partial files of killed runs
+        if folder.is_dir():
+            remove_stale_partials(folder)
     local = {s.line: s for s in samples}
     done, todo, rejects = {}, {}, []
     for sample in samples:
@@ -163,13 +239,17 @@ def decode_all(
                 pool.submit(decode_to_cache, local[line].video, sampling, target, cache / "downloads", policy): line
                 for line, target in todo.items()
             }
-            for future in tqdm(as_completed(futures), total=len(futures), desc="decoding", unit="clip"):
-                line = futures[future]
-                error = future.result()
-                if error is None:
-                    done[line] = todo[line]
-                else:
-                    rejects.append(Reject(line, local[line].video, *error))
+            try:
+                for future in tqdm(as_completed(futures), total=len(futures), desc="decoding", unit="clip"):
+                    line = futures[future]
+                    error = future.result()  # raises what the worker raised: a full disk stops all
+                    if error is None:
+                        done[line] = todo[line]
+                    else:
+                        rejects.append(Reject(line, local[line].video, *error))
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # else every clip queued would still be decoded first
+                raise
     return done, rejects
 
 
@@ -209,45 +289,61 @@ def llava_features():
     return Features({"prompt": turn, "completion": turn, "images": List(Image())})
 
 
-def write_atomically(out: Path, rows: list[dict[str, Any]], features, rejects: list[Reject]) -> None:
-    """Write the dataset and rejects.jsonl into a hidden folder beside `out`, then swap it into place."""
+def rejects_beside(out: Path) -> Path:
+    """Where the rejects go when no dataset is written: beside `out`, a file no loader mistakes for a dataset."""
+    return out.with_name(out.name + ".rejects.jsonl")
+
+
+def write_dataset(claim: Claim, rows: list[dict[str, Any]], features, rejects: list[Reject]) -> Path | None:
+    """Write the dataset and its rejects.jsonl into a staging folder, then publish it as the claim's target.
+
+    Without rows there is no dataset (and datasets cannot save 0 nested rows): the rejects go to rejects_beside(),
+    the target is left as it was, and None is returned.
+    """
     from datasets import Dataset
 
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-    staging.mkdir(parents=True)
+    out = claim.target
+    text = "".join(r.json() + "\n" for r in sorted(rejects, key=lambda r: r.line))
+    if not rows:
+        from vtt.runlog import write_atomically
+
+        with space_checked(out.parent):
+            write_atomically(rejects_beside(out), text)
+        return None
+    # The rows go to an Arrow cache in the staging folder, then save_to_disk copies them: twice their size.
+    needed = 2 * sum(len(image["bytes"]) for row in rows for image in row.get("images", ())) + 1024 * len(rows)
+    staging = claim.staging()
     final = staging / "dataset"
-    if rows:  # through an Arrow cache inside the staging folder, not ~/.cache
-        cache = str(staging / "arrow-cache")
+    with space_checked(out, needed, partial=staging):
+        cache = str(staging / "arrow-cache")  # not ~/.cache
         data = Dataset.from_generator(_rows, gen_kwargs={"rows": rows}, features=features, cache_dir=cache)
         data.save_to_disk(str(final))
-    else:  # every sample rejected: the folder holds rejects.jsonl only (datasets cannot save 0 nested rows)
-        final.mkdir()
-    (final / "rejects.jsonl").write_text("".join(r.json() + "\n" for r in sorted(rejects, key=lambda r: r.line)))
-    previous = out.with_name(f".{out.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    if out.exists():
-        out.rename(previous)
-    final.rename(out)
-    shutil.rmtree(previous, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
+        (final / "rejects.jsonl").write_text(text)
+        claim.publish(final)
+    rejects_beside(out).unlink(missing_ok=True)  # an earlier run's, which wrote no dataset
+    return out / "rejects.jsonl"
 
 
 def _rows(rows):
     yield from rows
 
 
-def summarize(total: int, rejects: list[Reject], max_ratio: float, out: Path) -> int:
-    """Print what was kept and why the rest was not; 1 when the rejects are over the allowed share."""
+def summarize(total: int, rejects: list[Reject], max_ratio: float, out: Path, written: Path | None) -> int:
+    """Print what was kept and why the rest was not; 1 when nothing was written or too many were rejected.
+
+    `written`: the rejects file, inside the new dataset or (no dataset written) beside `out`.
+    """
     kinds = Counter(r.kind or r.reason for r in rejects)
     ratio = len(rejects) / total if total else 0.0
-    print(f"vtt prepare: {total - len(rejects)} of {total} samples written to {out}; {len(rejects)} rejected")
-    for kind, count in kinds.most_common():
-        print(f"  {count:6d}  {kind}")
+    where = f"written to {out}" if written else "usable"
+    print(f"vtt prepare: {total - len(rejects)} of {total} samples {where}; {len(rejects)} rejected")
+    for kind, n in kinds.most_common():
+        print(f"  {n:6d}  {kind}")
     if rejects:
-        print(f"  reasons, line by line: {out / 'rejects.jsonl'}")
-    if total and len(rejects) == total:
-        print("vtt prepare: every sample was rejected, no dataset written: exit 1")
+        print(f"  reasons, line by line: {written or rejects_beside(out)}")
+    if written is None:
+        left = f"{out} is left as it was" if out.exists() else f"{out} was not created"
+        print(f"vtt prepare: no sample could be used, so no dataset was written ({left}): exit 1")
         return 1
     if ratio > max_ratio:
         print(f"vtt prepare: {ratio:.1%} rejected is over --max-reject-ratio {max_ratio:.1%}: exit 1")
