@@ -8,12 +8,15 @@ instead of read from torch.distributed (a login node has none):
 
 1. TrainingArguments: transformers' `HfTrainerDeepSpeedConfig.trainer_config_process` fills every
    `"auto"` and compares every hard-coded value the Trainer owns; accelerate's `DeepSpeedPlugin` takes
-   the file as TrainingArguments hands it over.
+   the file as TrainingArguments hands it over; on GPUs the Trainer's AcceleratorState adds the bf16/fp16
+   block the arguments ask for where the file has none.
 2. `Trainer.train()` -> `trainer_config_finalize`: raises the mismatches of step 1 (the ValueError that
    ends a job after its queue wait and model load).
 3. accelerate's `_prepare_deepspeed`: an `"auto"` that nothing fills is an error.
 4. `deepspeed.initialize` -> DeepSpeed's `DeepSpeedConfig`: batch arithmetic (its own derivation where
-   the file gives only some of the three batch keys), ZeRO settings, bf16 and fp16 not both on.
+   the file gives only some of the three batch keys), every key its blocks refuse, bf16 and fp16 not
+   both on; then what the engine refuses as it builds (vtt.dsrules: optimizer and scheduler types,
+   warmup_num_steps, tensor_parallel.autotp_size).
 
 Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
 of model-state memory per GPU (DeepSpeed's own accounting in its estimate_zero2/zero3 functions, with
