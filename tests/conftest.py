@@ -40,6 +40,27 @@ def logged_losses(run_dir: Path) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+def manifest_with_broken_clips(demo_inputs, tmp_path, broken: int) -> tuple:
+    """The demo's manifest with its first `broken` clips replaced by files of random bytes (real files, no video)."""
+    import shutil
+
+    from videos import random_bytes
+
+    lines = demo_inputs["manifest"].read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for i, row in enumerate(rows):
+        source = demo_inputs["manifest"].parent / row["video"]
+        target = tmp_path / Path(row["video"]).name
+        if i < broken:
+            random_bytes(target, seed=i)
+        else:
+            shutil.copy(source, target)
+        row["video"], row["id"] = target.name, f"clip-{i}"
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest, rows
+
+
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[dict[str, str]]:
     """A real Slurm on this machine (tests/slurm_cluster.py: 2 nodes, 8 fake GPUs each), started once per

@@ -138,7 +138,7 @@ def start(root: Path, nodes: int = 2, gpus: int = 8) -> dict[str, str]:
         raise RuntimeError(f"a test Slurm already runs from {root}: stop it first (`{sys.argv[0]} stop {root}`)")
     for tool in ("munged", "slurmctld", "slurmd", "sbatch"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            raise RuntimeError(f"{tool} is not installed: apt-get install -y slurm-wlm munge (make system does it, as root)")
+            raise RuntimeError(f"{tool} is not installed: apt-get install -y slurm-wlm munge (as root: make system)")
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # munged runs as the munge user and must reach its folder
     for sub in ("state", "spool"):

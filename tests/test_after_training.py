@@ -253,7 +253,7 @@ def test_report_of_a_folder_without_trainer_state_is_an_error(tmp_path):
 def screenshot(html: Path, png: Path, size: str = "1280,1600") -> Image.Image:
     """The page as Debian's Chromium renders it, headless."""
     chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed for this test: apt-get install chromium (make system installs it, as root)"
+    assert chromium, "Debian's chromium is needed for this test: apt-get install chromium (as root: make system)"
     with tempfile.TemporaryDirectory() as profile:
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
         flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]

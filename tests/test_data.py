@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import manifest_with_broken_clips
 
 from vtt.data import llava_dataset, read_manifest, seq2seq_dataset, seq2seq_source
 from vtt.video import Sampling
@@ -44,28 +43,6 @@ def test_llava_rows_hold_one_image_part_per_frame(demo_inputs):
 def test_seq2seq_rows_pair_source_with_answer(demo_inputs):
     data = seq2seq_dataset(demo_inputs["manifest"])
     assert data[0]["target"].startswith("a ") and "title:" in data[0]["source"]
-
-
-def manifest_with_broken_clips(demo_inputs, tmp_path, broken: int) -> tuple:
-    """The demo's manifest with its first `broken` clips replaced by files of random bytes (real files, no video)."""
-    import json
-    import shutil
-
-    from videos import random_bytes
-
-    lines = demo_inputs["manifest"].read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    for i, row in enumerate(rows):
-        source = demo_inputs["manifest"].parent / row["video"]
-        target = tmp_path / Path(row["video"]).name
-        if i < broken:
-            random_bytes(target, seed=i)
-        else:
-            shutil.copy(source, target)
-        row["video"], row["id"] = target.name, f"clip-{i}"
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return manifest, rows
 
 
 def test_a_clip_that_fails_gives_its_place_to_the_next_sample_and_is_rejected_once(demo_inputs, tmp_path):
