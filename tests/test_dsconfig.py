@@ -569,3 +569,19 @@ def test_check_puts_the_log_levels_back(tmp_path):
     check_run(None, 1, deepspeed=ROOT / "deepspeed" / "zero2.json")
     assert logging.getLogger("DeepSpeed").level == logging.INFO
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # DeepSpeed's own default
+
+
+def test_preflight_prints_warnings_as_lines_not_reprs(tmp_path, capsys):
+    """vtt render/submit/run print a check's warnings as `vtt check` does (they printed a Problem's repr)."""
+    from vtt.clusters import load_profile, profile_path
+    from vtt.jobs import preflight
+
+    job = llava_run_config(tmp_path, "0.5b")
+    auto = tmp_path / "zero2-auto.json"
+    ds = read_deepspeed(ROOT / "deepspeed" / "zero2.json")
+    ds["zero_optimization"]["reduce_bucket_size"] = "auto"
+    auto.write_text(json.dumps(ds))
+    preflight(load_profile(profile_path("local")), job, 1, overrides=["--deepspeed", str(auto)])
+    printed = capsys.readouterr().err
+    assert "Problem(" not in printed
+    assert "vtt check: warning:" in printed and "zero_optimization.reduce_bucket_size" in printed

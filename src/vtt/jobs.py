@@ -126,7 +126,7 @@ def preflight(
         if not report.ok:
             raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
         for warning in report.warnings:
-            print(f"vtt check: warning: {warning}", file=sys.stderr)
+            print(f"vtt check: {warning.line('warning', report.deepspeed)}", file=sys.stderr)
     return Job(profile=profile, config=config, gpus=gpus, nodes=nodes, trainer=run.trainer, overrides=overrides)
 
 
