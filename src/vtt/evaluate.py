@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vtt.metrics import DESCRIPTIONS, score
+from vtt.outputs import check_output_file
 from vtt.predict import (
     add_generation_arguments,
     generation_settings,
@@ -83,6 +84,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Generate (or read) predictions for `data`, score them, write the results JSON and the predictions."""
     out = Path(out) if out else default_out(model)
+    for written in (out, out.with_name(PREDICTIONS)):  # before the model loads
+        check_output_file(written, "eval", [data, *([predictions] if predictions else [])])
     if predictions:
         rows = read_predictions(predictions)
         trainer = None

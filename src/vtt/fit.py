@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vtt import checkpoints, disk, hub
+from vtt import checkpoints, disk, hub, ranks
 from vtt.config import parse_run_config
 from vtt.jobenv import prepare_deepspeed
 from vtt.offline import check_at_start
+from vtt.outputs import hold_output
 from vtt.preempt import StopOnSignal
 from vtt.runlog import RunRecord
 from vtt.throughput import PROFILE_ENV, ProfileCallback, ThroughputCallback
@@ -50,11 +52,40 @@ def start(argv: list[str] | None, trainer: str) -> Job:
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, task, training = parse_run_config(argv)
     start_process_group(training)
+    claim_output_dir(run, training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(argv, run, training, trainer)
     disk.preflight(run, training, trainer)
     guard = disk.guard_for(run, training, trainer)
     return Job(trainer, run, task, training, stopper, guard, push)
+
+
+def run_inputs(run: Any, training: Any) -> list[Path]:
+    """What a run reads and output_dir must not hold: data (with a manifest's videos), the model, the DeepSpeed file."""
+    from vtt.data import is_prepared
+    from vtt.manifest import manifest_entries
+
+    inputs = [Path(p) for p in (run.dataset, run.eval_dataset, training.deepspeed) if isinstance(p, str)]
+    if Path(run.model_name_or_path).exists():
+        inputs.append(Path(run.model_name_or_path))
+    for data in (run.dataset, run.eval_dataset):
+        if data and Path(data).is_file() and not is_prepared(data):
+            samples, rejects = manifest_entries(data)
+            inputs += [Path(entry.video) for entry in [*samples, *rejects] if entry.video and "://" not in entry.video]
+    return inputs
+
+
+def claim_output_dir(run: Any, training: Any) -> None:
+    """Rank 0 claims output_dir for the run's lifetime (vtt.outputs): never a folder holding the run's inputs or
+    files vtt did not write, never two runs at once. Every rank exits 2 (bad input) with the reason otherwise."""
+    try:
+        ranks.from_rank0(
+            lambda: hold_output(training.output_dir, "run", run_inputs(run, training), "output_dir") and None
+        )
+    except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
+        if ranks.rank() == 0:
+            print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def start_process_group(training: Any) -> None:

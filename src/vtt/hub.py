@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from vtt import ranks
+from vtt.outputs import MARKER as OUTPUT_MARKER  # which command wrote the folder: local only
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ MODEL_NAMES = {"llava": "llava-video-text-model", "seq2seq": "video-text-model"}
 DATASET_NAMES = {"llava": "llava-video-text-dataset", "seq2seq": "video-text-dataset"}
 RECORD = "vtt-push.json"
 # Training checkpoints, logs and our record stay local; the final model at the top of the run folder goes up.
-IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.log", RECORD, ".cache/**"]
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.log", RECORD, ".cache/**", OUTPUT_MARKER]
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 # Exit codes (also in README.md): 2 = a push was asked for but the token is missing or invalid (nothing
 # trained); 3 = the model trained and is saved locally, but its upload failed: run `vtt push RUN_DIR`.

@@ -20,6 +20,7 @@ Writes that fail for lack of space raise NoSpace (`space_checked`), with the fol
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import glob
@@ -29,10 +30,13 @@ import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 MARKER = ".vtt-output.json"
+# Folders vtt wrote before it had MARKER, known by a file only that command writes: an earlier `vtt run`'s
+# output_dir holds vtt-run.json. They count as that command's outputs (and get the marker when claimed).
+EARLIER_OWNERS = {"run": "vtt-run.json"}
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -182,6 +186,33 @@ def claim_output(target: str | Path, command: str, inputs: Iterable[str | Path] 
         os.close(fd)
 
 
+def check_output_file(
+    target: str | Path, command: str, inputs: Iterable[str | Path] = (), option: str = "--out"
+) -> Path:
+    """A file `vtt <command>` writes whole (atomically) must not be one of its inputs nor a folder; returns it."""
+    target = Path(target).resolve()
+    for path in inputs:
+        if Path(path).resolve() == target:
+            raise ValueError(
+                f"{option} {target}: is the file `vtt {command}` reads, and writing it would replace it: "
+                f"give {option} another file"
+            )
+    if target.is_dir():
+        raise ValueError(f"{option} {target}: is a folder: give {option} a file name, e.g. {target / 'out.jsonl'}")
+    return target
+
+
+_held = ExitStack()  # claims held until the process ends (a training run's output_dir), released at exit
+atexit.register(_held.close)
+
+
+def hold_output(target: str | Path, command: str, inputs: Iterable[str | Path] = (), option: str = "--out") -> Claim:
+    """claim_output for the rest of this process: for a command that writes its folder in place as it goes."""
+    claim = _held.enter_context(claim_output(target, command, inputs, option))
+    claim.mark()
+    return claim
+
+
 def _lock(path: Path, where: str, command: str) -> int:
     """Take the lock file at `path` (non-blocking); ValueError naming the holder when another process has it."""
     while True:
@@ -218,6 +249,8 @@ def _check_owner(target: Path, command: str, where: str, option: str) -> None:
         return
     fix = f"give {option} a new folder, or remove {target} if nothing in it is needed"
     marker = target / MARKER
+    if not marker.is_file() and command in EARLIER_OWNERS and (target / EARLIER_OWNERS[command]).is_file():
+        return
     if not marker.is_file():
         raise ValueError(f"{where}: holds files that vtt did not write (no {MARKER}) and would be replaced: {fix}")
     try:

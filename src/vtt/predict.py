@@ -29,6 +29,7 @@ from PIL import Image
 
 from vtt.data import DOWNLOAD_CACHE, is_prepared, local_video, manifest_entries, seq2seq_source
 from vtt.download import DownloadError
+from vtt.outputs import check_output_file
 from vtt.runlog import RUN_RECORD, write_atomically
 from vtt.video import VideoError
 
@@ -359,6 +360,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             raise ValueError("--question goes with --video; a manifest holds its own questions")
         items = load_items(args.manifest, trainer)
         out = args.out or Path("predictions.jsonl")
+    check_output_file(out, "predict", [args.manifest or args.video])  # before the model loads
     rows = predict(args.model, items, args.batch_size, **generation_settings(args))
     write_jsonl(rows, out)
     for row in rows[:5]:
