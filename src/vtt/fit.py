@@ -52,10 +52,10 @@ def start(argv: list[str] | None, trainer: str) -> Job:
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, task, training = parse_run_config(argv)
     start_process_group(training)
-    claim_output_dir(run, training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(argv, run, training, trainer)
     disk.preflight(run, training, trainer)
+    claim_output_dir(run, training)  # after the checks that refuse a run: a refused run leaves no folder behind
     guard = disk.guard_for(run, training, trainer)
     return Job(trainer, run, task, training, stopper, guard, push)
 

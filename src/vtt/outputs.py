@@ -245,7 +245,8 @@ def _lock(path: Path, where: str, command: str) -> int:
 
 def _check_owner(target: Path, command: str, where: str, option: str) -> None:
     """Refuse a non-empty folder that is not an earlier output of `command`."""
-    if not target.is_dir() or not any(target.iterdir()):
+    # `vtt run --log FILE` (and `vtt demo`) may tee the launcher's output into the folder before the claim.
+    if not target.is_dir() or all(p.suffix == ".log" for p in target.iterdir()):
         return
     fix = f"give {option} a new folder, or remove {target} if nothing in it is needed"
     marker = target / MARKER
