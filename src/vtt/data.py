@@ -88,14 +88,13 @@ class DecodeFrames:
     drops every column its collator does not take before the transform runs. A clip that cannot give
     frames is reported (stderr, and the `rejects` JSONL file when given) and its row is refilled with the
     next sample of `samples` whose clip decodes, so a micro batch keeps its size and no rank is left
-    without a clip; `refilled` counts the substitutions in this process. Only when REFILL_TRIES samples
-    in a row fail is the row left without images, which `skip_rejected` drops.
+    without a clip. Only when REFILL_TRIES samples in a row fail is the row left without images, which
+    `skip_rejected` drops.
     """
 
     def __init__(self, sampling: Sampling, rejects: Path | None = None, samples: list[Sample] | None = None):
         self.sampling, self.rejects, self.samples = sampling, rejects, samples or []
         self.failed: set[int] = set()  # lines that failed in this process: reported once, never retried
-        self.refilled = 0
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         from PIL import Image
@@ -103,24 +102,26 @@ class DecodeFrames:
         batch = dict(batch)
         for i, refs in enumerate(batch["images"]):
             ref = json.loads(refs[0])
-            frames, sample = self.frames(ref), None
-            for step in range(1, REFILL_TRIES + 1 if self.samples and not frames else 0):
-                sample = self.samples[(ref["index"] + step) % len(self.samples)]
-                frames = self.frames({"video": sample.video, "line": sample.line, "id": sample.id})
+            frames = self.frames(ref)
+            if not frames and self.samples:
+                sample, frames = self.substitute(ref)
                 if frames:
-                    self.refilled += 1
-                    print(
-                        f"vtt: line {ref['line']}'s place in the batch refilled with line {sample.line}",
-                        file=sys.stderr,
-                    )
-                    break
-            if sample is not None and frames:
-                example = llava_example(sample, frames)
-                batch["prompt"][i], batch["completion"][i] = example["prompt"], example["completion"]
+                    example = llava_example(sample, frames)
+                    batch["prompt"][i], batch["completion"][i] = example["prompt"], example["completion"]
             # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
             batch["prompt"][i] = with_image_parts(batch["prompt"][i], len(frames))
             batch["images"][i] = [Image.fromarray(frame) for frame in frames]
         return batch
+
+    def substitute(self, ref: dict[str, Any]) -> tuple[Sample | None, list]:
+        """The first of the REFILL_TRIES samples after `ref`'s whose clip decodes, and its frames; (None, [])."""
+        for step in range(1, REFILL_TRIES + 1):
+            sample = self.samples[(ref["index"] + step) % len(self.samples)]
+            frames = self.frames({"video": sample.video, "line": sample.line, "id": own_id(sample)})
+            if frames:
+                print(f"vtt: line {ref['line']}'s place in the batch refilled with line {sample.line}", file=sys.stderr)
+                return sample, frames
+        return None, []
 
     def frames(self, ref: dict[str, Any]) -> list:
         if ref["line"] in self.failed:

@@ -56,11 +56,16 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def is_failed(row: dict[str, Any]) -> bool:
+    """A row `vtt predict` could not answer: no prediction, and the error saying why."""
+    return row.get("prediction") is None and "error" in row
+
+
 def scored(rows: list[dict[str, Any]], where: str) -> dict[str, float]:
     """Metrics over the rows that have a prediction, with `failed` counting those that do not (their `error`
     says why); a ValueError names the first scored row without a reference."""
-    failed = [row for row in rows if row.get("prediction") is None and "error" in row]
-    answered = [row for row in rows if not (row.get("prediction") is None and "error" in row)]
+    answered = [row for row in rows if not is_failed(row)]
+    failed = len(rows) - len(answered)
     for number, row in enumerate(answered, start=1):
         for key in ("prediction", "reference"):
             if not isinstance(row.get(key), str):
@@ -71,7 +76,7 @@ def scored(rows: list[dict[str, Any]], where: str) -> dict[str, float]:
     if not answered:
         raise ValueError(f"{where}: none of its {len(rows)} samples got a prediction; their errors say why")
     metrics = score([row["prediction"] for row in answered], [row["reference"] for row in answered])
-    return {**metrics, "failed": len(failed)}
+    return {**metrics, "failed": failed}
 
 
 def evaluate_model(

@@ -63,25 +63,26 @@ def start(argv: list[str] | None, trainer: str) -> Job:
 def run_inputs(run: Any, training: Any) -> list[Path]:
     """What a run reads and output_dir must not hold: data (with a manifest's videos), the model, the DeepSpeed file."""
     from vtt.data import is_prepared
-    from vtt.manifest import manifest_entries
+    from vtt.manifest import local_videos, manifest_entries
 
     inputs = [Path(p) for p in (run.dataset, run.eval_dataset, training.deepspeed) if isinstance(p, str)]
     if Path(run.model_name_or_path).exists():
         inputs.append(Path(run.model_name_or_path))
     for data in (run.dataset, run.eval_dataset):
         if data and Path(data).is_file() and not is_prepared(data):
-            samples, rejects = manifest_entries(data)
-            inputs += [Path(entry.video) for entry in [*samples, *rejects] if entry.video and "://" not in entry.video]
+            inputs += local_videos(data, *manifest_entries(data))
     return inputs
 
 
 def claim_output_dir(run: Any, training: Any) -> None:
     """Rank 0 claims output_dir for the run's lifetime (vtt.outputs): never a folder holding the run's inputs or
     files vtt did not write, never two runs at once. Every rank exits 2 (bad input) with the reason otherwise."""
+
+    def claim() -> None:  # returns nothing: the claim stays with rank 0, only its refusal travels to the others
+        hold_output(training.output_dir, "run", run_inputs(run, training), "output_dir")
+
     try:
-        ranks.from_rank0(
-            lambda: hold_output(training.output_dir, "run", run_inputs(run, training), "output_dir") and None
-        )
+        ranks.from_rank0(claim)
     except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
         if ranks.rank() == 0:
             print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
