@@ -327,6 +327,15 @@ def manifest_entries(path: str | Path, answers: bool = True) -> tuple[list[Sampl
     return samples, rejects
 
 
+def local_videos(path: str | Path, samples: list[Sample], rejects: list[Reject]) -> list[Path]:
+    """The local video files manifest `path` names, its rejected lines' too: what an output folder must not hold.
+
+    A rejected line's video is as written (relative to the manifest), a sample's is absolute already.
+    """
+    videos = [s.video for s in samples] + [r.video for r in rejects if r.video]
+    return [Path(path).parent / video for video in videos if not is_url(video)]
+
+
 def read_manifest(path: str | Path, answers: bool = True) -> list[Sample]:
     """Every sample of a manifest; a ValueError names the first bad line (and its id) and why."""
     samples, rejects = manifest_entries(path, answers)

@@ -33,6 +33,7 @@ import numpy as np
 
 from vtt.data import Reject, Sample, frame_size, llava_example, manifest_entries, seq2seq_source
 from vtt.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
+from vtt.manifest import local_videos
 from vtt.outputs import Claim, NoSpace, claim_output, space_checked
 from vtt.video import Sampling, VideoError, read_frames
 
@@ -110,8 +111,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     out = args.out.resolve()
     cache = (args.cache or out.with_name(out.name + ".cache")).resolve()
     # What replacing --out must not delete: the manifest, its videos (rejected lines' too) and the frame cache.
-    inputs = [args.manifest, *(Path(s.video) for s in samples if not is_url(s.video))]
-    inputs += [args.manifest.parent / r.video for r in rejects if r.video and not is_url(r.video)]
+    inputs = [args.manifest, *local_videos(args.manifest, samples, rejects)]
     if args.trainer == "llava":
         inputs.append(cache)
     with claim_output(out, "prepare", inputs) as claim:
