@@ -38,7 +38,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Ubuntu's packages are not pinned one by one: the base image's digest fixes the release, and
 # noble's archive keeps only the latest point release of each, so an exact pin would break the build.
 # libibverbs1/ibverbs-providers/librdmacm1: without them NCCL cannot use a bound /dev/infiniband
-# and falls back to TCP sockets (vtt.fabric checks for that).
+# and falls back to TCP sockets (vtt.cluster.fabric checks for that).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \

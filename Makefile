@@ -113,9 +113,9 @@ stage: setup ## on a login node: fetch what a run config names into the HF cache
 # (the jobs branch's command; its profile's env sets VTT_EXPECT_INFINIBAND=1 where the nodes have InfiniBand).
 nccl-check: setup ## all-reduce bus bandwidth, fails on a TCP fallback: make nccl-check [GPUS=2] | CLUSTER=x NODES=2
 ifeq ($(CLUSTER),local)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS) -m vtt.fabric $(ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS) -m vtt.cluster.fabric $(ARGS)
 else
-	$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --nodes $(NODES) --gpus $(GPUS) --module vtt.fabric $(ARGS)
+	$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --nodes $(NODES) --gpus $(GPUS) --module vtt.cluster.fabric $(ARGS)
 endif
 
 clean: ## remove outputs/ and rendered jobs (keeps .venv)

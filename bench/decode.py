@@ -22,7 +22,7 @@ import av
 import cv2
 import imageio_ffmpeg
 
-from vtt.video import Sampling, read_frames, span_middles
+from vtt.data.video import Sampling, read_frames, span_middles
 
 
 def make_clip(path: Path, size: str, seconds: int) -> Path:

@@ -3,7 +3,7 @@
     python bench/train_throughput.py --arch llava-0.5b --steps 25 --seed-script .gpu/seed_baseline.py \
         --variant "vtt=--per_device_train_batch_size 8" --variant "gc=--activation_checkpointing true"
 
-Builds the architecture from its config with random weights (vtt.tiny), writes synthetic 384 px videos
+Builds the architecture from its config with random weights (vtt.models.tiny), writes synthetic 384 px videos
 and a manifest whose questions and answers are as long as the seed baseline's (12 and 40 words), then
 runs, in this one invocation:
   - the seed approach (../shared/bench/seed_baseline.py, copied beside this file for GPU runs);
@@ -60,7 +60,8 @@ def seq2seq_flops_per_token(c) -> float:
 
 def write_data(work: Path, samples: int, clips: int, size: int, trainer: str) -> Path:
     """Synthetic clips and a manifest with seed-length questions and answers."""
-    from vtt.synthetic import COLOURS, DIRECTIONS, VOCABULARY, write_video
+    from vtt.data.synthetic import write_video
+    from vtt.demo_words import COLOURS, DIRECTIONS, VOCABULARY
 
     rng = np.random.default_rng(0)
     videos = work / "videos"
@@ -97,7 +98,7 @@ def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[
 
 
 def run_seed(args, work: Path, model: Path, manifest: Path) -> dict:
-    from vtt.launch import per_node_launch
+    from vtt.cluster.local import per_node_launch
 
     # vtt's launch, so that a bench given CUDA_VISIBLE_DEVICES=2 runs its seed on GPU 2 as well
     command = [*per_node_launch(args.gpus), args.seed_script, *shlex.split(args.seed_args)]
@@ -181,7 +182,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from vtt.tiny import build_llava, build_nllb
+    from vtt.models.tiny import build_llava, build_nllb
 
     work = args.work / args.arch
     work.mkdir(parents=True, exist_ok=True)
@@ -259,9 +260,9 @@ def sequence_length(model: Path, manifest: Path, frames: int) -> int:
     """Tokens of one sample as the llava trainer's collator builds it (prompt + image tokens + answer)."""
     from transformers import AutoConfig, AutoProcessor
 
-    from vtt.data import llava_example, read_manifest
-    from vtt.trainers.llava import fix_processor
-    from vtt.video import sample_frames
+    from vtt.data.datasets import llava_example, read_manifest
+    from vtt.data.video import sample_frames
+    from vtt.models.llava import fix_processor
 
     processor = AutoProcessor.from_pretrained(model)
     fix_processor(processor, AutoConfig.from_pretrained(model))

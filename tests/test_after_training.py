@@ -22,9 +22,9 @@ import sacrebleu
 from conftest import ROOT, tiny_run, train
 from PIL import Image
 
-from vtt.metrics import score
-from vtt.predict import answerer, trainer_of_model
-from vtt.report import TRAIN_COLOUR, write_report
+from vtt.after.metrics import score
+from vtt.after.predict import answerer, trainer_of_model
+from vtt.after.report import TRAIN_COLOUR, write_report
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vtt.clusters import load_profile, profile_path
+from vtt.cluster.profiles import load_profile, profile_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "jobs" / "clusters").glob("*.yaml"))

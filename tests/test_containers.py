@@ -116,7 +116,7 @@ def test_apptainer_def_runs_vtt_and_tests_both_trainers_and_shipped_configs():
     assert f"org.opencontainers.image.version {version}" in recipe.labels
     # spython turns %test into lines echoed into a script; read the commands back out of them.
     tests = " ".join(recipe.install)
-    assert "import vtt.trainers.llava, vtt.trainers.seq2seq" in tests
+    assert "import vtt.train.llava, vtt.train.seq2seq" in tests
     checks = re.findall(r"vtt check --config (\S+) --deepspeed (\S+) --gpus \d+", tests)
     assert {config for config, _ in checks} == {"jobs/llava.yaml", "jobs/seq2seq.yaml"}
     for config, ds in checks:
@@ -182,7 +182,7 @@ def test_dockerfile_install_steps_in_a_fresh_venv_give_exactly_the_pinned_versio
     python = str(venv / "bin" / "python")
     probe = (
         "from deepspeed.git_version_info import installed_ops; assert installed_ops['cpu_adam'], installed_ops; "
-        "import vtt.trainers.llava, vtt.trainers.seq2seq, vtt.paths; print(vtt.paths.__file__)"
+        "import vtt.train.llava, vtt.train.seq2seq, vtt.files; print(vtt.files.__file__)"
     )
     done = subprocess.run([python, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import manifest_with_broken_clips
 
-from vtt.data import llava_dataset, read_manifest, seq2seq_dataset, seq2seq_source
-from vtt.video import Sampling
+from vtt.data.datasets import llava_dataset, read_manifest, seq2seq_dataset, seq2seq_source
+from vtt.data.video import Sampling
 
 
 def test_manifest_csv_accepts_caption_alias_and_relative_paths(tmp_path):
@@ -63,8 +63,8 @@ def test_a_clip_that_fails_gives_its_place_to_the_next_sample_and_is_rejected_on
 
 
 def test_a_batch_is_dropped_only_when_no_sample_after_it_decodes(demo_inputs, tmp_path):
-    from vtt.data import skip_rejected
-    from vtt.video import VideoError
+    from vtt.data.datasets import skip_rejected
+    from vtt.data.video import VideoError
 
     count = len(demo_inputs["manifest"].read_text().splitlines())
     manifest, _ = manifest_with_broken_clips(demo_inputs, tmp_path, broken=count)

@@ -15,16 +15,16 @@ import pytest
 from conftest import tiny_run
 from transformers import TrainerControl, TrainerState
 
-from vtt.config import parse_run_config
-from vtt.disk import (
-    DISK_FULL_EXIT,
+from vtt.check.disk import (
     SCRIPTS_AND_STATES,
     SaveGuard,
     checkpoint_bytes,
     estimate,
     small_files,
 )
-from vtt.modelsize import parameter_count
+from vtt.config import parse_run_config
+from vtt.exits import Exit
+from vtt.models.size import parameter_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_guard_skips_a_save_that_would_not_fit_and_stops(small_disk):
     assert "stopped at step 6: the next checkpoint needs 420.0 kB, 262.1 kB free" in guard.message
     with pytest.raises(SystemExit) as stop:
         guard.exit_if_stopped()
-    assert stop.value.code == DISK_FULL_EXIT
+    assert stop.value.code == Exit.DISK_FULL
 
 
 def vtt_run(argv: list[str]) -> list[str]:
@@ -98,7 +98,7 @@ def test_trainer_refuses_to_start_when_checkpoints_cannot_fit(demo_inputs, small
     out = small_disk(4096) / "run"  # 3 checkpoints of ~3.6 MB will not fit in 4 MB
     argv = seq2seq_run(demo_inputs, out, "--save_steps", "1", "--save_total_limit", "2", "--max_steps", "4")
     done = subprocess.run(vtt_run(argv), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == DISK_FULL_EXIT, done.stdout[-3000:]
+    assert done.returncode == Exit.DISK_FULL, done.stdout[-3000:]
     assert re.search(r"not enough disk space for this run: needs 1[01]\.\d MB, 4\.2 MB free", done.stdout)
     assert f"free on the file system of {out} (" in done.stdout
     assert "lower save_total_limit" in done.stdout and "set output_dir" in done.stdout
@@ -123,7 +123,7 @@ def test_trainer_stops_cleanly_when_disk_fills_mid_run_and_last_checkpoint_loads
     code = proc.wait(timeout=300)
     log.close()
     output = (disk.parent / "train.log").read_text()
-    assert code == DISK_FULL_EXIT, output[-4000:]
+    assert code == Exit.DISK_FULL, output[-4000:]
     assert "the next checkpoint needs" in output and "do not requeue" in output
     kept = sorted(p.name for p in out.glob("checkpoint-*"))
     assert len(kept) == 1 and kept[0] in output  # the message names the checkpoint to resume from
@@ -144,7 +144,7 @@ def test_trainer_stops_cleanly_when_disk_fills_mid_run_and_last_checkpoint_loads
 
 
 def test_check_with_disk_names_output_dir_when_the_run_cannot_fit(demo_inputs, small_disk):
-    from vtt.dsconfig import check_run
+    from vtt.check.deepspeed import check_run
 
     disk = small_disk(256)
     overrides = ["--model_name_or_path", str(demo_inputs["seq2seq"]), "--output_dir", str(disk / "run")]

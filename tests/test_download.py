@@ -13,7 +13,7 @@ import time
 import pytest
 from servers import ScriptedServer, closed_port
 
-from vtt.download import DownloadError, DownloadPolicy, fetch, remove_stale_partials
+from vtt.data.download import DownloadError, DownloadPolicy, fetch, remove_stale_partials
 
 FAST = DownloadPolicy(retries=2, base_wait=0.05, max_wait=0.1, timeout=5)
 BODY = os.urandom(300_000)
@@ -92,7 +92,7 @@ def test_fetch_refuses_other_schemes_and_files_over_the_size_cap(serve, tmp_path
 def test_partial_file_of_a_killed_download_is_removed_later_and_a_live_ones_is_kept(serve, tmp_path):
     server = serve("stall")
     url = f"{server.url}/clip.mp4"
-    code = f"from pathlib import Path; from vtt.download import fetch; fetch({url!r}, Path({str(tmp_path)!r}))"
+    code = f"from pathlib import Path; from vtt.data.download import fetch; fetch({url!r}, Path({str(tmp_path)!r}))"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 60

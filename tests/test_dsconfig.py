@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_run
 
+from vtt.check.deepspeed import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
 from vtt.cli import main as vtt
-from vtt.dsconfig import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
-from vtt.launch import deepspeed_command
+from vtt.cluster.local import deepspeed_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["vtt", "training_arguments", "transformers", "accelerate", "deepspeed"]
@@ -392,7 +392,7 @@ def test_model_is_counted_beside_a_live_zero3_config(demo_inputs):
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     from vtt.config import parse_run_config
-    from vtt.modelsize import count_parameters
+    from vtt.models.size import count_parameters
 
     expected = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"]).parameters())
     config = [str(ROOT / "jobs" / "llava.yaml"), *tiny_run(demo_inputs, "llava")]
@@ -573,8 +573,8 @@ def test_check_puts_the_log_levels_back(tmp_path):
 
 def test_preflight_prints_warnings_as_lines_not_reprs(tmp_path, capsys):
     """vtt render/submit/run print a check's warnings as `vtt check` does (they printed a Problem's repr)."""
-    from vtt.clusters import load_profile, profile_path
-    from vtt.jobs import preflight
+    from vtt.cluster.jobs import preflight
+    from vtt.cluster.profiles import load_profile, profile_path
 
     job = llava_run_config(tmp_path, "0.5b")
     auto = tmp_path / "zero2-auto.json"

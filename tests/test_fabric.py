@@ -1,7 +1,7 @@
-"""vtt.fabric: the all-reduce self-test under the launchers jobs use (gloo on CPU here), and its verdicts.
+"""vtt.cluster.fabric: the all-reduce self-test under the launchers jobs use (gloo on CPU here), and its verdicts.
 
 The NCCL log read here (tests/data/nccl-h100-socket.log) is an excerpt of the one NCCL 2.28.9 wrote when
-vtt.fabric ran on a 2x H100 host without InfiniBand (README, "What ran where").
+vtt.cluster.fabric ran on a 2x H100 host without InfiniBand (README, "What ran where").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vtt.fabric import bus_bandwidth, fabric_problems, read_nccl_log
+from vtt.cluster.fabric import bus_bandwidth, fabric_problems, read_nccl_log
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = {
@@ -30,10 +30,10 @@ def report_of(output: str) -> dict:
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_fabric_reports_bus_bandwidth_of_two_processes_under_each_launcher(launcher, tmp_path):
-    command = [*LAUNCHERS[launcher], "--module" if launcher == "deepspeed" else "-m", "vtt.fabric"]
+    command = [*LAUNCHERS[launcher], "--module" if launcher == "deepspeed" else "-m", "vtt.cluster.fabric"]
     command += ["--sizes-mb", "1", "--iters", "3", "--warmup", "1"]
     if launcher == "deepspeed":
-        from vtt.launch import free_port
+        from vtt.cluster.local import free_port
 
         command[command.index("--num_gpus") : command.index("--num_gpus")] = ["--master_port", str(free_port())]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=dict(os.environ))
@@ -48,7 +48,7 @@ def test_fabric_reports_bus_bandwidth_of_two_processes_under_each_launcher(launc
 def test_fabric_fails_where_infiniband_is_expected_but_not_bound_into_the_container(tmp_path):
     env = dict(os.environ, VTT_EXPECT_INFINIBAND="1")
     done = subprocess.run(
-        [sys.executable, "-m", "vtt.fabric", "--sizes-mb", "1", "--iters", "1"],
+        [sys.executable, "-m", "vtt.cluster.fabric", "--sizes-mb", "1", "--iters", "1"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_run
 from fake_hub import FakeHub
 
-from vtt.hub import PUSH_FAILED_EXIT, TOKEN_EXIT
+from vtt.exits import Exit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_vttTestSecretToken0123456789"
@@ -76,7 +76,7 @@ def test_push_that_keeps_failing_prints_retry_command_and_leaves_files(folder, t
         hub.fail = {"create": [503] * 3}
         env = hub_env(hub, tmp_path)
         done = vtt(["push", str(folder), "--repo-id", "tiny-nllb", "--retries", "3", "--backoff", "0.05"], env)
-        assert done.returncode == PUSH_FAILED_EXIT, done.stderr[-3000:]
+        assert done.returncode == Exit.PUSH_FAILED, done.stderr[-3000:]
         assert f"vtt push {folder}" in done.stderr
         assert hub.calls("create") == [503, 503, 503]
         after = digests(folder)
@@ -118,7 +118,7 @@ def test_invalid_token_stops_every_rank_before_training(demo_inputs, tmp_path):
     out = tmp_path / "run"
     with FakeHub("hf_the_real_one") as hub:
         done = train(seq2seq_overrides(demo_inputs, out), hub_env(hub, tmp_path), gpus=2)
-    assert done.returncode == TOKEN_EXIT, done.stdout[-3000:]
+    assert done.returncode == Exit.BAD_INPUT, done.stdout[-3000:]
     assert "was refused (401 Unauthorized)" in done.stdout + done.stderr
     assert hub.calls("whoami") == [401]  # rank 0 asked; rank 1 waited for its answer
     assert not (out / "model.safetensors").exists()
@@ -155,7 +155,7 @@ def test_failed_trainer_push_keeps_model_and_prints_the_retry_command(demo_input
         hub.fail = {"create": [403]}  # no write access to that namespace: not worth retrying
         env = hub_env(hub, tmp_path)
         done = train(overrides, env)
-        assert done.returncode == PUSH_FAILED_EXIT, done.stdout[-4000:]
+        assert done.returncode == Exit.PUSH_FAILED, done.stdout[-4000:]
         assert f"vtt push {out}" in done.stdout + done.stderr
         from transformers import AutoModelForSeq2SeqLM
 
@@ -171,7 +171,7 @@ def test_prepared_dataset_goes_to_a_private_dataset_repo_named_as_the_seed(tmp_p
 
     folder = tmp_path / "prepared"
     Dataset.from_list([{"source": "what colour?", "target": "red"}]).save_to_disk(str(folder))
-    code = f"from vtt.hub import push_dataset; print(push_dataset({str(folder)!r}))"
+    code = f"from vtt.after.hub import push_dataset; print(push_dataset({str(folder)!r}))"
     with FakeHub(TOKEN) as hub:
         env = hub_env(hub, tmp_path)
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

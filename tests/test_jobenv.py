@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
 
-from vtt.jobenv import fix_arch_list, job_environment, normal_arch_list
+from vtt.train.environment import fix_arch_list, job_environment, normal_arch_list
 
 
 def test_deepspeed_crashes_on_9_0a_and_compiles_for_the_list_vtt_gives_it(monkeypatch):

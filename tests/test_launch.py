@@ -7,7 +7,7 @@ import os
 import pytest
 from conftest import tiny_run, train
 
-from vtt.launch import local_devices
+from vtt.cluster.local import local_devices
 
 
 def test_devices_follow_cuda_visible_devices():

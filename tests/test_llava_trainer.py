@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vtt.data import llava_dataset
-from vtt.trainers.llava import fix_processor
+from vtt.data.datasets import llava_dataset
+from vtt.models.llava import fix_processor
 
 
 def test_processor_fix_fills_settings_from_model_config(demo_inputs):
@@ -64,7 +64,7 @@ def collated_padded_batch(demo_inputs, model, processor):
 def test_right_padded_batches_reach_sdpa_without_a_mask_and_give_the_same_logits(demo_inputs, monkeypatch):
     import torch
 
-    from vtt.attention import enable_right_padded_sdpa, is_right_padded
+    from vtt.models.attention import enable_right_padded_sdpa, is_right_padded
 
     processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
     model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"]).eval()
@@ -100,7 +100,7 @@ def test_right_padded_batches_reach_sdpa_without_a_mask_and_give_the_same_logits
 def test_left_padding_and_generation_keep_transformers_mask():
     import torch
 
-    from vtt.attention import right_padded_sdpa_mask
+    from vtt.models.attention import right_padded_sdpa_mask
 
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert right_padded_sdpa_mask(2, 4, 4, attention_mask=left).shape == (2, 1, 4, 4)
@@ -131,8 +131,8 @@ def test_frozen_vision_tower_keeps_its_weights_while_the_rest_trains(demo_inputs
 def test_batches_padded_to_a_multiple_keep_right_padding_and_the_same_loss(demo_inputs):
     import torch
 
-    from vtt.attention import is_right_padded
-    from vtt.data import pad_to_multiple
+    from vtt.data.datasets import pad_to_multiple
+    from vtt.models.attention import is_right_padded
 
     processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
     model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"]).eval()

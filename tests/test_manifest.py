@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vtt.cli import main
-from vtt.data import Reject
-from vtt.manifest import manifest_entries, read_manifest
+from vtt.data.datasets import Reject
+from vtt.data.manifest import manifest_entries, read_manifest
 
 GOOD = {"video": "a.mp4", "question": "what?", "answer": "a cat"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sacrebleu
 
-from vtt.metrics import score
+from vtt.after.metrics import score
 
 PREDICTIONS = ["a red square moves left", "the blue square moves up", "A Green  square moves right", "yellow"]
 REFERENCES = ["a red square moves left", "a blue square moves up", "a green square moves right", "a yellow square"]

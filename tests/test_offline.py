@@ -104,7 +104,7 @@ def blob_id(path: Path) -> str:
 @pytest.fixture(scope="module")
 def hub_repos(tmp_path_factory) -> dict[tuple[str, str], Path]:
     """A tiny NLLB as saved by save_pretrained, with a TF copy and a pickle beside it; a dataset repo."""
-    from vtt.tiny import build_tiny_nllb
+    from vtt.models.tiny import build_tiny_nllb
 
     base = tmp_path_factory.mktemp("hub")
     model = build_tiny_nllb(base / "tiny-nllb")
@@ -168,7 +168,7 @@ def test_stage_writes_a_manifest_of_the_model_and_dataset_without_unused_formats
 def test_staged_model_loads_with_hub_offline_and_unreachable(staged, hub_repos, tmp_path):
     env = offline_env(staged)
     check = subprocess.run(
-        [sys.executable, "-m", "vtt.offline", "--config", str(run_config(tmp_path, "vtt-test/tiny-nllb"))],
+        [sys.executable, "-m", "vtt.check.offline", "--config", str(run_config(tmp_path, "vtt-test/tiny-nllb"))],
         env=env,
         capture_output=True,
         text=True,
@@ -208,7 +208,7 @@ def test_run_offline_with_a_model_never_staged_fails_at_once_naming_it_and_make_
 def test_trainer_started_offline_stops_before_loading_and_lists_what_is_missing(staged, tmp_path):
     config = run_config(tmp_path, "vtt-test/never-staged", dataset="other-org/never-staged-data")
     done = subprocess.run(
-        [sys.executable, "-m", "vtt.trainers.seq2seq", "--config", str(config)],
+        [sys.executable, "-m", "vtt.train.seq2seq", "--config", str(config)],
         env=offline_env(staged),
         capture_output=True,
         text=True,
@@ -223,7 +223,7 @@ def test_trainer_started_offline_stops_before_loading_and_lists_what_is_missing(
 def test_offline_check_names_a_file_missing_from_a_staged_snapshot(staged, tmp_path):
     import shutil
 
-    from vtt.offline import missing
+    from vtt.check.offline import missing
 
     cache = tmp_path / "hf"
     shutil.copytree(staged, cache, symlinks=True)

@@ -12,8 +12,8 @@ import pytest
 from datasets import load_from_disk
 
 from vtt.cli import main
+from vtt.data.synthetic import write_demo_videos
 from vtt.outputs import MARKER, claim_output
-from vtt.synthetic import write_demo_videos
 
 
 @pytest.fixture

@@ -24,9 +24,12 @@ import psutil
 import pytest
 from conftest import ROOT, logged_losses, tiny_run, train
 
-from vtt import checkpoints, disk, hub, jobs, preempt
-from vtt.clusters import load_profile
-from vtt.jobs import preflight, render
+from vtt.cluster.jobs import preflight, render
+from vtt.cluster.profiles import load_profile
+from vtt.exits import Exit
+from vtt.files import CHECKPOINT_MARKER, checkpoint_marker, step_of
+from vtt.files import checkpoints as files_checkpoints
+from vtt.train import checkpoints
 
 CONFIG = "jobs/tiny-seq2seq.yaml"
 STEPS = 40
@@ -87,14 +90,14 @@ def local(demo_inputs, tmp_path_factory) -> dict:
     found["first"] = {"code": first.wait(), "log": log + first.stdout.read()}
     found["stopped"] = checkpoints.newest_complete(out)
     assert found["stopped"] is not None, found["first"]["log"][-4000:]
-    found["stopped_marker"] = checkpoints.marker_of(found["stopped"])
+    found["stopped_marker"] = checkpoint_marker(found["stopped"])
     found["stopped_files"] = {str(p.relative_to(found["stopped"])) for p in found["stopped"].rglob("*")}
     found["stopped_state"] = json.loads((found["stopped"] / "trainer_state.json").read_text())
 
     second = start([*overrides(demo_inputs, out), *saves])
     log = read_until(second, "vtt resume: resuming from")
-    staging = out / checkpoints.STAGING / f"checkpoint-{SAVE_STEPS}"
-    staging.mkdir(parents=True)
+    staging = out / f"checkpoint-{SAVE_STEPS}"  # the Trainer writes the checkpoint in place
+    staging.mkdir()
     os.mkfifo(staging / "trainer_state.json")
     deadline = time.monotonic() + 600
     while not all((staging / f"rng_state_{rank}.pth").exists() for rank in range(GPUS)):
@@ -114,8 +117,8 @@ def local(demo_inputs, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_sigterm_to_vtt_run_saves_a_checkpoint_mid_training_and_exits_75(local):
-    step = checkpoints.step_of(local["stopped"])
-    assert local["first"]["code"] == preempt.STOPPED_EXIT, local["first"]["log"][-3000:]
+    step = step_of(local["stopped"])
+    assert local["first"]["code"] == Exit.STOPPED, local["first"]["log"][-3000:]
     assert 0 < step < SAVE_STEPS, "the signal must stop the run before run 2's first save"
     assert f"vtt preempt: SIGUSR1 received: saving a checkpoint at step {step} of {STEPS}" in local["first"]["log"]
     assert local["stopped_marker"]["step"] == step and local["stopped_marker"]["world_size"] == GPUS
@@ -123,7 +126,7 @@ def test_sigterm_to_vtt_run_saves_a_checkpoint_mid_training_and_exits_75(local):
 
 @pytest.mark.slow
 def test_stopped_checkpoint_holds_model_optimizer_scheduler_rng_and_trainer_state(local):
-    step = checkpoints.step_of(local["stopped"])
+    step = step_of(local["stopped"])
     files = local["stopped_files"]
     for name in ("model.safetensors", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"):
         assert name in files
@@ -136,22 +139,23 @@ def test_stopped_checkpoint_holds_model_optimizer_scheduler_rng_and_trainer_stat
 
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_and_the_next_start_resumes_from_it(local):
-    step = checkpoints.step_of(local["stopped"])
+    step = step_of(local["stopped"])
     assert local["second"]["code"] != 0
-    # The half-written save stayed in the staging folder: no checkpoint-20 appeared, the stopped one is intact.
-    assert f"checkpoint-{SAVE_STEPS}" not in local["after_kill"] and f"checkpoint-{step}" in local["after_kill"]
-    assert "model.safetensors" in local["staged_files"] and checkpoints.MARKER not in local["staged_files"]
+    # The half-written checkpoint-20 has no marker; the stopped one is intact (the limit of 1 applies to complete ones).
+    assert f"checkpoint-{SAVE_STEPS}" in local["after_kill"] and f"checkpoint-{step}" in local["after_kill"]
+    assert "model.safetensors" in local["staged_files"] and CHECKPOINT_MARKER not in local["staged_files"]
     third = local["third"]["log"]
-    assert f"vtt resume: removed {local['out'] / checkpoints.STAGING}: a save that did not finish" in third
+    removed = local["out"] / f"checkpoint-{SAVE_STEPS}"
+    assert f"vtt resume: removed {removed}: a save that did not finish (no {CHECKPOINT_MARKER})" in third
     assert f"vtt resume: resuming from {local['stopped']} (step {step})" in third
 
 
 @pytest.mark.slow
 def test_only_the_newest_save_total_limit_checkpoints_are_kept_beside_the_final_model(local):
     out = local["out"]
-    assert [p.name for p in checkpoints.checkpoints(out)] == [f"checkpoint-{STEPS}"]
-    assert checkpoints.marker_of(out / f"checkpoint-{STEPS}")["step"] == STEPS
-    assert (out / "model.safetensors").exists() and not (out / checkpoints.STAGING).exists()
+    assert [p.name for p in files_checkpoints(out)] == [f"checkpoint-{STEPS}"]
+    assert checkpoint_marker(out / f"checkpoint-{STEPS}")["step"] == STEPS
+    assert (out / "model.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -170,7 +174,7 @@ def test_resume_on_another_process_count_fails_at_start_naming_the_universal_con
     with pytest.raises(SystemExit) as stopped:
         checkpoints.resume_point(SimpleNamespace(resume=True), training)
     said = capsys.readouterr().out
-    assert stopped.value.code == checkpoints.WRONG_WORLD_EXIT
+    assert stopped.value.code == Exit.BAD_INPUT
     assert f"{folder} was written by 2 process(es), this run has 1" in said
     assert f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder}/global_step{STEPS}" in said
     assert checkpoints.resume_point(SimpleNamespace(resume=False), training) is None  # --resume false: step 0
@@ -180,7 +184,7 @@ def test_checkpoint_folder_without_marker_is_never_resumed_from(tmp_path):
     complete, half = tmp_path / "checkpoint-10", tmp_path / "checkpoint-20"
     complete.mkdir()
     half.mkdir()
-    (complete / checkpoints.MARKER).write_text(json.dumps({"step": 10, "world_size": 1}))
+    (complete / CHECKPOINT_MARKER).write_text(json.dumps({"step": 10, "world_size": 1}))
     (half / "model.safetensors").write_text("half")
     assert checkpoints.newest_complete(tmp_path) == complete
     assert checkpoints.remove_incomplete(tmp_path) == [half] and not half.exists()
@@ -236,7 +240,8 @@ def test_profile_rejects_a_warning_signal_slurm_cannot_send(tmp_path):
         load_profile(profile)
 
 
-def test_job_script_knows_the_trainers_exit_codes():
-    assert jobs.STOPPED_EXIT == preempt.STOPPED_EXIT
-    assert set(jobs.NO_REQUEUE_EXITS) == {disk.DISK_FULL_EXIT, hub.TOKEN_EXIT, hub.PUSH_FAILED_EXIT}
-    assert checkpoints.WRONG_WORLD_EXIT in jobs.NO_REQUEUE_EXITS
+def test_job_script_requeues_by_the_one_exit_table():
+    text = render(preflight(load_profile("jobs/clusters/ci.yaml"), "jobs/tiny-seq2seq.yaml", 1))
+    never = sorted(code for code in Exit if code and not code.requeue)
+    assert f"    {'|'.join(str(int(code)) for code in never)})" in text
+    assert f"$STATUS -eq {int(Exit.STOPPED)}" in text and Exit.STOPPED.requeue

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vtt.clusters import load_profile
-from vtt.jobs import preflight, quote_keeping_variables, render, submit, write_script
+from vtt.cluster.jobs import preflight, quote_keeping_variables, render, submit, write_script
+from vtt.cluster.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"

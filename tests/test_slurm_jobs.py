@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, logged_losses, tiny_run, train
 
-from vtt.clusters import load_profile
+from vtt.cluster.profiles import load_profile
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.executable).parent.parent

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from vtt.throughput import ProfileCallback, ThroughputCallback, idle_gaps, kernel_kind, parse_steps
+from vtt.train.throughput import ProfileCallback, ThroughputCallback, idle_gaps, kernel_kind, parse_steps
 
 
 def drive(callbacks, args, steps: int, work_s: float, wait_s: float, tokens_per_step: int = 100) -> None:

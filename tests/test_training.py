@@ -14,7 +14,7 @@ import torch
 from conftest import logged_losses, tiny_run, train
 from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM, AutoProcessor, AutoTokenizer
 
-from vtt.video import sample_frames
+from vtt.data.video import sample_frames
 
 pytestmark = pytest.mark.slow
 

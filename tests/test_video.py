@@ -24,8 +24,8 @@ from videos import (
     zero_frames,
 )
 
-from vtt.synthetic import write_video
-from vtt.video import Sampling, VideoError, read_frames, read_timed_frames, sample_frames
+from vtt.data.synthetic import write_video
+from vtt.data.video import Sampling, VideoError, read_frames, read_timed_frames, sample_frames
 
 BACKENDS = ["opencv", "pyav"]
 

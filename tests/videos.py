@@ -10,7 +10,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
-from vtt.synthetic import write_video
+from vtt.data.synthetic import write_video
 
 
 def ffmpeg(*args: str) -> None:

@@ -13,16 +13,19 @@ import sys
 # stays fast; each has add_arguments(parser) and run(args, extra) -> exit code.
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
-    "run": ("vtt.launch", "run a job on this machine with the deepspeed launcher"),
-    "check": ("vtt.dsconfig", "check a DeepSpeed file against the training arguments and the GPU count"),
-    "render": ("vtt.jobs", "check a run config on a cluster profile and write its job script"),
-    "submit": ("vtt.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
-    "stage": ("vtt.stage", "download what a run config names into the HF cache, for offline compute nodes"),
-    "push": ("vtt.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
-    "predict": ("vtt.predict", "answer questions about videos with a trained model, written as JSONL"),
-    "eval": ("vtt.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
-    "report": ("vtt.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),
-    "prepare": ("vtt.prepare", "videos + manifest -> a dataset on disk in a trainer's format (frames decoded once)"),
+    "run": ("vtt.cluster.local", "run a job on this machine with the deepspeed launcher"),
+    "check": ("vtt.check.deepspeed", "check a DeepSpeed file against the training arguments and the GPU count"),
+    "render": ("vtt.cluster.jobs", "check a run config on a cluster profile and write its job script"),
+    "submit": ("vtt.cluster.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
+    "stage": ("vtt.cluster.stage", "download what a run config names into the HF cache, for offline compute nodes"),
+    "push": ("vtt.after.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
+    "predict": ("vtt.after.predict", "answer questions about videos with a trained model, written as JSONL"),
+    "eval": ("vtt.after.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
+    "report": ("vtt.after.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),
+    "prepare": (
+        "vtt.data.prepare",
+        "videos + manifest -> a dataset on disk in a trainer's format (frames decoded once)",
+    ),
 }
 
 

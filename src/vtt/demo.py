@@ -13,16 +13,16 @@ import argparse
 import json
 from pathlib import Path
 
-from vtt.launch import train_locally
-from vtt.paths import shipped
+from vtt.cluster.local import train_locally
+from vtt.files import shipped
 
 CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
 
 
 def build_inputs(out: Path) -> dict[str, Path]:
     """Tiny models and the synthetic videos under `out`; returns their paths."""
-    from vtt.synthetic import write_demo_videos
-    from vtt.tiny import build_tiny_llava, build_tiny_nllb
+    from vtt.data.synthetic import write_demo_videos
+    from vtt.models.tiny import build_tiny_llava, build_tiny_nllb
 
     return {
         "manifest": write_demo_videos(out / "videos"),

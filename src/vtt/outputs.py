@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from vtt.files import replace_folder, size, write_atomically
+
 MARKER = ".vtt-output.json"
 # Folders vtt wrote before it had MARKER, known by a file only that command writes: an earlier `vtt run`'s
 # output_dir holds vtt-run.json. They count as that command's outputs (and get the marker when claimed).
@@ -44,8 +46,6 @@ class NoSpace(Exception):
     """A write failed for lack of disk space (or quota); the message names the folder, the space free and needed."""
 
     def __init__(self, folder: Path, free: int, needed: int | None = None):
-        from vtt.disk import size  # lazily: vtt.disk imports transformers
-
         need = f", about {size(needed)} needed" if needed else ""
         super().__init__(
             f"{folder}: no space left on the device ({size(free)} free when the write began{need}): "
@@ -114,22 +114,10 @@ class Claim:
         """Mark `staged` as this command's output and rename it to the target, replacing an earlier output."""
         # A plain write: the staging folder is this process's own and nobody reads it before the rename.
         (staged / MARKER).write_text(json.dumps(self._record(), indent=2) + "\n")
-        previous = self.target.with_name(f".{self.target.name}.previous-{os.getpid()}")
-        if self.target.exists():
-            self.target.rename(previous)
-        try:
-            staged.rename(self.target)
-        except BaseException:
-            if previous.exists():  # put the earlier output back
-                previous.rename(self.target)
-            raise
-        shutil.rmtree(previous, ignore_errors=True)
-        return self.target
+        return replace_folder(staged, self.target)
 
     def mark(self) -> Path:
         """For a command writing the target in place: create it and its marker (kept if there)."""
-        from vtt.runlog import write_atomically  # lazily: vtt.runlog imports transformers
-
         self.target.mkdir(exist_ok=True)
         if not (self.target / MARKER).is_file():
             write_atomically(self.target / MARKER, json.dumps(self._record(), indent=2) + "\n")

@@ -50,7 +50,7 @@ for host in "${HOSTS[@]}"; do echo "$host slots=$GPUS_PER_NODE"; done > "$HOSTFI
 echo "nodes: ${HOSTS[*]}; $GPUS_PER_NODE GPU(s) each; master $MASTER_ADDR:$MASTER_PORT"
 
 LAUNCH=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
-    --module vtt.trainers.llava --config jobs/llava.yaml)
+    --module vtt.train.llava --config jobs/llava.yaml)
 # One launcher per node, no SSH: each runs the deepspeed launcher with its node rank from SLURM_NODEID.
 # shellcheck disable=SC2016  # $0, $@ and SLURM_NODEID expand in each node's shell, not here
 # trap "" USR1: the launchers ignore the warning signal (it would kill them); ignored stays ignored across

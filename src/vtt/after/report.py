@@ -1,0 +1,230 @@
+"""A run's report as one self-contained HTML page (`vtt report RUN_DIR`, `make report RUN=...`).
+
+    vtt report outputs/demo/runs/tiny-llava          # -> outputs/demo/runs/tiny-llava/report.html
+
+Reads what a run left in its output_dir: trainer_state.json (losses, learning rate, eval metrics and
+tokens/s per logged step), throughput.json (steady-state tokens/s, data wait, GPU memory),
+vtt-run.json and deepspeed.json (the configs actually used, saved by the trainers),
+eval_generation.json and eval_predictions.jsonl (from `vtt eval` or the end of training).
+The plots are PNGs drawn by matplotlib and embedded as base64, so the page needs no network and no
+other file: it can be mailed or attached to a ticket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from vtt.files import DEEPSPEED_RECORD, RUN_RECORD, write_atomically
+
+TEMPLATES = Path(__file__).parent
+REPORT = "report.html"
+TRAIN_COLOUR = "#1f77b4"  # matplotlib's first colour: the train loss line (the screenshot test looks for it)
+EVAL_COLOUR = "#ff7f0e"
+SAMPLES_SHOWN = 12
+# Training arguments worth a line in the summary; the whole resolved set is in a fold below it.
+KEY_TRAINING_ARGUMENTS = (
+    "output_dir",
+    "deepspeed",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_steps",
+    "num_train_epochs",
+    "bf16",
+    "fp16",
+    "gradient_checkpointing",
+    "eval_strategy",
+    "eval_steps",
+    "logging_steps",
+    "report_to",
+    "seed",
+)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); was the run stopped while writing it?") from None
+
+
+def series(history: list[dict[str, Any]], key: str, exclude: str | None = None) -> tuple[list[int], list[float]]:
+    """(steps, values) of every log entry holding `key` (and not `exclude`)."""
+    points = [
+        (entry["step"], float(entry[key]))
+        for entry in history
+        if key in entry and "step" in entry and not (exclude and exclude in entry)
+    ]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def png(lines: list[tuple[str, list[int], list[float], str]], ylabel: str, from_zero: bool = False) -> str:
+    """A base64 PNG of one or more (label, steps, values, colour) lines over the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the report is drawn on servers and in CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=110)
+    for label, steps, values, colour in lines:
+        marker = "o" if len(steps) < 30 else None
+        ax.plot(steps, values, label=label, color=colour, linewidth=2, marker=marker, markersize=3.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if from_zero:  # a constant learning rate otherwise fills the plot with digits of a flat line
+        ax.set_ylim(bottom=0, top=max(max(values) for _, _, values, _ in lines) * 1.1 or 1)
+    ax.grid(True, color="#e3e3e3", linewidth=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+    if len(lines) > 1:
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plots(history: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every plot the run's logs allow: loss, learning rate, eval metrics, tokens/s, GPU memory."""
+    out = []
+    train = series(history, "loss")
+    evaluation = series(history, "eval_loss")
+    if train[0] or evaluation[0]:
+        lines = [("train loss", *train, TRAIN_COLOUR)] if train[0] else []
+        lines += [("eval loss", *evaluation, EVAL_COLOUR)] if evaluation[0] else []
+        out.append({"title": "Loss", "id": "loss", "png": png(lines, "loss")})
+    lr = series(history, "learning_rate")
+    if lr[0]:
+        chart = png([("lr", *lr, TRAIN_COLOUR)], "lr", from_zero=True)
+        out.append({"title": "Learning rate", "id": "learning-rate", "png": chart})
+    metric_lines = [
+        (name, *series(history, f"eval_{name}"), colour)
+        for name, colour in (("bleu", "#2ca02c"), ("chrf", "#9467bd"), ("exact_match", "#8c564b"))
+    ]
+    metric_lines = [line for line in metric_lines if line[1]]
+    if metric_lines:
+        out.append({"title": "Eval generation metrics", "id": "eval-metrics", "png": png(metric_lines, "score")})
+    # Steady-state tokens/s per GPU when the throughput callback's figures reach the history; else the
+    # Trainer's own running average over all processes (logged with include_num_input_tokens_seen).
+    tokens, label = series(history, "tokens_per_second_per_gpu"), "tokens/s per GPU"
+    if not tokens[0]:
+        tokens, label = series(history, "train_tokens_per_second", exclude="train_loss"), "tokens/s (running mean)"
+    if tokens[0]:
+        out.append({"title": "Tokens / s", "id": "tokens", "png": png([(label, *tokens, "#17becf")], label)})
+    for key in ("peak_memory_gb", "gpu_memory_gb", "gpu_memory_gib"):
+        memory = series(history, key)
+        if memory[0]:
+            chart = png([(key, *memory, "#7f7f7f")], key, from_zero=True)
+            out.append({"title": "Peak GPU memory", "id": "memory", "png": chart})
+            break
+    return out
+
+
+THROUGHPUT_LABELS = {  # throughput.json (vtt.train.throughput) -> summary card
+    "tokens_per_second_per_gpu": "tokens / s per GPU (steady)",
+    "step_s": "step time (median)",
+    "data_wait_share": "share of step waiting for data",
+    "first_step_s": "launch to first step",
+    "peak_memory_gb": "peak GPU memory",
+}
+UNITS = {"step_s": " s", "first_step_s": " s", "peak_memory_gb": " GB"}
+
+
+def summary(state: dict[str, Any], record: dict[str, Any], throughput: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline numbers: steps, final loss, runtime, throughput."""
+    history = state.get("log_history", [])
+    final = next((entry for entry in reversed(history) if "train_runtime" in entry and "train_loss" in entry), {})
+    losses = series(history, "loss")[1]
+    eval_losses = series(history, "eval_loss")[1]
+    rows = [
+        ("trainer", record.get("trainer", "?")),
+        ("model", record.get("run", {}).get("model_name_or_path", "?")),
+        ("processes", str(record.get("world_size", "?"))),
+        ("steps", f"{state.get('global_step', '?')} of {state.get('max_steps', '?')}"),
+        ("epochs", f"{state.get('epoch', 0):.2f}"),
+    ]
+    if losses:
+        rows.append(("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}"))
+    if eval_losses:
+        rows.append(("eval loss", f"{eval_losses[0]:.4f} → {eval_losses[-1]:.4f}"))
+    if final:
+        rows.append(("train runtime", f"{final['train_runtime']:.1f} s"))
+        rows.append(("samples / s", f"{final.get('train_samples_per_second', 0):.2f}"))
+        tokens = final.get("num_input_tokens_seen") or state.get("num_input_tokens_seen")
+        if tokens and final["train_runtime"]:
+            rows.append(("tokens / s (whole run)", f"{tokens / final['train_runtime']:,.0f}"))
+    for key, label in THROUGHPUT_LABELS.items():
+        if key in throughput:
+            value = throughput[key]
+            text = f"{value:.1%}" if key == "data_wait_share" else f"{value:,}{UNITS.get(key, '')}"
+            rows.append((label, text))
+    return rows
+
+
+def read_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:limit] if line.strip()]
+    for row in rows:
+        reference, prediction = row.get("reference"), row.get("prediction", "")
+        row["match"] = (
+            reference is not None and " ".join(reference.split()).casefold() == " ".join(prediction.split()).casefold()
+        )
+    return rows
+
+
+def render(run_dir: str | Path) -> str:
+    """The report's HTML for a run folder; a ValueError when the folder holds no trainer_state.json."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    run_dir = Path(run_dir)
+    state_path = run_dir / "trainer_state.json"
+    if not state_path.is_file():
+        raise ValueError(
+            f"{state_path}: no such file; pass a run's output_dir (the trainers write trainer_state.json "
+            "there when training ends)"
+        )
+    state = read_json(state_path)
+    record = read_json(run_dir / RUN_RECORD) if (run_dir / RUN_RECORD).is_file() else {}
+    deepspeed = read_json(run_dir / DEEPSPEED_RECORD) if (run_dir / DEEPSPEED_RECORD).is_file() else None
+    evaluation = read_json(run_dir / "eval_generation.json") if (run_dir / "eval_generation.json").is_file() else None
+    throughput = read_json(run_dir / "throughput.json") if (run_dir / "throughput.json").is_file() else {}
+    training = record.get("training", {})
+    environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    return environment.get_template("report.html.j2").render(
+        run_dir=str(run_dir),
+        summary=summary(state, record, throughput),
+        plots=plots(state.get("log_history", [])),
+        evaluation=evaluation,
+        eval_entries=[entry for entry in state.get("log_history", []) if "eval_loss" in entry],
+        run_config={**record.get("run", {}), **record.get("task", {})},
+        key_training=[(key, training[key]) for key in KEY_TRAINING_ARGUMENTS if key in training],
+        training_json=json.dumps(training, indent=2, default=str) if training else None,
+        deepspeed_json=json.dumps(deepspeed, indent=2) if deepspeed else None,
+        predictions=read_predictions(run_dir / "eval_predictions.jsonl", SAMPLES_SHOWN),
+    )
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    return write_atomically(Path(out) if out else Path(run_dir) / REPORT, render(run_dir))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run's output_dir, e.g. outputs/demo/runs/tiny-llava")
+    parser.add_argument("--out", type=Path, help=f"where to write the page (default: RUN_DIR/{REPORT})")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    out = write_report(args.run_dir, args.out)
+    print(f"vtt report: {out}")
+    return 0

@@ -1,0 +1,260 @@
+"""Pre-flight check of a DeepSpeed file against the training arguments and the GPUs a job gets (`vtt check`).
+
+    vtt check --deepspeed deepspeed/zero2.json --gpus 4 [--nodes 2] [--config jobs/llava.yaml] [--json]
+              [--fix OUT] [--gpu-memory 80] [--per_device_train_batch_size 2 ...]
+
+The verdict comes from the code the runtime runs, in the order it runs it, with the world size given
+instead of read from torch.distributed (a login node has none):
+
+1. TrainingArguments: transformers' `HfTrainerDeepSpeedConfig.trainer_config_process` fills every
+   `"auto"` and compares every hard-coded value the Trainer owns; accelerate's `DeepSpeedPlugin` takes
+   the file as TrainingArguments hands it over; on GPUs the Trainer's AcceleratorState adds the bf16/fp16
+   block the arguments ask for where the file has none.
+2. `Trainer.train()` -> `trainer_config_finalize`: raises the mismatches of step 1 (the ValueError that
+   ends a job after its queue wait and model load).
+3. accelerate's `_prepare_deepspeed`: an `"auto"` that nothing fills is an error.
+4. `deepspeed.initialize` -> DeepSpeed's `DeepSpeedConfig`: batch arithmetic (its own derivation where
+   the file gives only some of the three batch keys), every key its blocks refuse, bf16 and fp16 not
+   both on; then what the engine refuses as it builds (vtt.check.rules: optimizer and scheduler types,
+   warmup_num_steps, tensor_parallel.autotp_size).
+
+Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
+of model-state memory per GPU (DeepSpeed's own accounting in its estimate_zero2/zero3 functions, with
+frozen parameters and ZeRO's gradient buckets counted) is set against the GPU's memory when one is
+given. `--fix OUT` writes a copy of the file with every value the Trainer owns set to "auto".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtt.check.memory import MemoryEstimate, bucket_warnings, estimate_memory, memory_problems, model_parameters
+from vtt.check.rules import BATCH_KEYS, Problem, get
+from vtt.check.runtime import TRAINER_OWNED, quiet, runtime_problems, training_arguments
+from vtt.config import RunCommand, read_command
+from vtt.files import shipped
+
+
+@dataclass
+class CheckReport:
+    deepspeed: str
+    world: int
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    memory: MemoryEstimate | None = None
+    config: dict[str, Any] | None = None  # the DeepSpeed config as the runtime would fill it
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def lines(self) -> list[str]:
+        out = [p.line("error", self.deepspeed) for p in self.errors]
+        out += [p.line("warning", self.deepspeed) for p in self.warnings]
+        if self.memory is not None:
+            out.append(self.memory.line())
+        verdict = "consistent" if self.ok else f"{len(self.errors)} problem(s)"
+        out.append(f"{self.deepspeed} on {self.world} GPU(s): {verdict}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        if self.memory is not None:
+            data["memory"]["total_gb"] = self.memory.total_gb
+        data.pop("config")
+        return json.loads(json.dumps(data, default=str))
+
+
+def read_deepspeed(path: str | Path) -> dict[str, Any]:
+    """The DeepSpeed file as a dict (JSON, as accelerate reads it), or a ValueError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such DeepSpeed file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object of DeepSpeed settings, found {type(data).__name__}")
+    return data
+
+
+def check_run(
+    config: str | Path | None,
+    gpus: int,
+    nodes: int = 1,
+    overrides: Sequence[str] = (),
+    deepspeed: str | Path | None = None,
+    gpu_memory_gb: float | None = None,
+    disk: bool = False,
+) -> CheckReport:
+    """Check a DeepSpeed file against a run config (or TrainingArguments defaults) on nodes x gpus GPUs.
+
+    Raises ValueError when the check cannot run (missing or invalid file, bad argument); problems
+    found are in the report. With `disk`, the run's checkpoints are also measured against the free space
+    of its output folder — meaningful only where the job will write (a login node on the shared file
+    system); every trainer start checks it again where it runs.
+    """
+    if gpus < 1 or nodes < 1:
+        raise ValueError(f"--gpus {gpus} --nodes {nodes}: both must be at least 1")
+    with quiet():
+        return _check(config, gpus * nodes, overrides, deepspeed, gpu_memory_gb, disk)
+
+
+def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, disk: bool) -> CheckReport:
+    command = read_command([*(["--config", str(config)] if config else []), *overrides])
+    from_argv, command = command.given("deepspeed"), command.without("deepspeed")
+    run, task, args, named, problems = training_arguments(command, world)
+    chosen = deepspeed or from_argv or named
+    if not chosen:
+        raise ValueError(
+            f"{config}: names no DeepSpeed file: pass --deepspeed FILE" if config else "pass --deepspeed FILE"
+        )
+    path = shipped(chosen)
+    written = read_deepspeed(path)
+    report = CheckReport(deepspeed=str(chosen), world=world)
+    report.errors += problems + _dataloader_problems(args, config)
+    vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
+    counts, model_config, why = (
+        model_parameters(run.model_name_or_path, run.trainer, vision_frozen) if run else (None, None, None)
+    )
+    errors, warnings, filled = runtime_problems(
+        written, args, world, model_config, steps_known=args.max_steps > 0, on_gpu=_on_gpu(command)
+    )
+    if problems:  # no accumulation exists for this layout: batch findings would only repeat that
+        errors = [p for p in errors if p.key not in BATCH_KEYS]
+    report.errors += errors
+    report.warnings += warnings
+    report.config = filled
+    if run is None:
+        report.memory = MemoryEstimate(model="", skipped="no run config (--config): no model to size")
+    elif counts is None:
+        report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
+    else:
+        report.memory = estimate_memory(counts, filled or written, args, world)
+        report.warnings += bucket_warnings(written, filled or written, counts.trained)
+        report.memory.model = run.model_name_or_path
+        report.memory.gpu_memory_gb = gpu_memory_gb
+    mem_errors, mem_warnings = memory_problems(report.memory)
+    report.errors += mem_errors
+    report.warnings += mem_warnings
+    if disk and run is not None and counts is not None:
+        report.errors += _disk_problems(run, args, str(config))
+    return report
+
+
+def _on_gpu(command: RunCommand) -> bool:
+    """Whether the job runs on GPUs: yes unless use_cpu is given true (the check itself parses with use_cpu,
+    so that bf16 parses on a login node)."""
+    return str(command.value("use_cpu")).lower() not in ("true", "1", "yes")
+
+
+def _dataloader_problems(args: Any, config: str | Path | None) -> list[Problem]:
+    """The DataLoader settings as torch's DataLoader checks them when the Trainer builds it, at the first
+    step (after the queue wait and the model load): it refuses them the same way here, without workers."""
+    from torch.utils.data import DataLoader
+
+    try:
+        with warnings.catch_warnings():  # its worker-count advice is about this machine, not the compute node
+            warnings.simplefilter("ignore")
+            DataLoader(
+                [],
+                num_workers=args.dataloader_num_workers,
+                persistent_workers=args.dataloader_persistent_workers,
+                prefetch_factor=args.dataloader_prefetch_factor,
+            )
+    except ValueError as err:
+        fix = "set dataloader_num_workers above 0, or dataloader_persistent_workers false"
+        fix += " and dataloader_prefetch_factor null"
+        detail = f"torch's DataLoader refuses it: {err}"
+        return [
+            Problem("dataloader_num_workers", args.dataloader_num_workers, None, fix, "vtt", detail, str(config or ""))
+        ]
+    return []
+
+
+def _disk_problems(run, args, config: str) -> list[Problem]:
+    """The run's checkpoints and final model against the free space where they will be written."""
+    from vtt.check import disk
+
+    try:
+        disk.check_fits(disk.estimate(run, args, run.trainer))
+    except ValueError as err:
+        detail, _, fix = str(err).partition(". Fix: ")
+        return [Problem("output_dir", args.output_dir, None, fix, "vtt", detail=detail, file=config)]
+    return []
+
+
+def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
+    """Write a copy of `source` with every value the Trainer owns set to "auto" (the batch keys and
+    precision blocks added where absent); `source` is never touched and `out` appears whole or not at
+    all. Returns the keys changed."""
+    source, out = Path(source), Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"--fix {out}: that is the file being checked; write the corrected copy elsewhere")
+    config = read_deepspeed(source)
+    changed = []
+    for key in TRAINER_OWNED:
+        parent, _, leaf = key.rpartition(".")
+        node = get(config, parent) if parent else config
+        if key in BATCH_KEYS and leaf not in config:
+            config[leaf] = "auto"
+            changed.append(key)
+        elif isinstance(node, dict) and leaf in node and node[leaf] != "auto":
+            node[leaf] = "auto"
+            changed.append(key)
+    for name in ("bf16", "fp16"):
+        if not isinstance(config.get(name), dict):
+            config[name] = {"enabled": "auto"}
+            changed.append(f"{name}.enabled")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as sink:
+            json.dump(config, sink, indent=2)
+            sink.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return changed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON file (default: the one the run config names)")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (world size = nodes x gpus)")
+    parser.add_argument("--config", help="run config, e.g. jobs/llava.yaml (default: TrainingArguments defaults)")
+    parser.add_argument(
+        "--gpu-memory", type=float, dest="gpu_memory", help="GB of memory per GPU, for the memory check"
+    )
+    parser.add_argument(
+        "--disk", action="store_true", help="also check the free space where output_dir will be written (run it there)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--fix", type=Path, help='write a copy with every Trainer-owned value "auto" here')
+    parser.epilog = "Other --name value pairs are training arguments (--per_device_train_batch_size 2 --bf16 true)."
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    config = shipped(args.config) if args.config else None
+    report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory, disk=args.disk)
+    if args.fix:
+        changed = fix_deepspeed(shipped(report.deepspeed), args.fix)
+        note = f"wrote {args.fix}: " + (", ".join(changed) + ' set to "auto"' if changed else "nothing to change")
+        print(note, file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1

@@ -1,0 +1,165 @@
+"""Model-state memory per GPU for `vtt check`: DeepSpeed's own accounting (estimate_zero2/zero3) with
+frozen parameters and ZeRO's gradient buckets counted, set against the GPU's memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vtt.check.rules import Problem
+from vtt.models.size import count_parameters
+
+MEMORY_MARGIN = 0.10  # model states within 10% of the GPU's memory leave no room for activations: warn
+
+
+@dataclass
+class MemoryEstimate:
+    """Model-state memory per GPU (params, grads, optimizer states), in GB (1e9 bytes)."""
+
+    model: str
+    params: int | None = None
+    trained: int | None = None  # fewer than params when part of the model is frozen
+    largest_layer: int | None = None  # parameters of the biggest single module (ZeRO-3 gathers it whole)
+    stage: int = 0
+    world: int = 1
+    offload_optimizer: str = "none"
+    offload_param: str = "none"
+    params_gb: float = 0.0
+    grads_gb: float = 0.0
+    optimizer_gb: float = 0.0
+    buffers_gb: float = 0.0  # ZeRO's working buffers: gradient buckets (stage 1-2), the largest layer gathered (3)
+    gpu_memory_gb: float | None = None
+    skipped: str | None = None  # why there is no estimate
+
+    @property
+    def total_gb(self) -> float:
+        return self.params_gb + self.grads_gb + self.optimizer_gb + self.buffers_gb
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"memory: skipped ({self.skipped})"
+        offload = ", ".join(
+            f"{what} offloaded to {dev}"
+            for what, dev in (("optimizer", self.offload_optimizer), ("params", self.offload_param))
+            if dev != "none"
+        )
+        against = f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else " (no GPU memory given: --gpu-memory)"
+        frozen = (
+            f" ({self.trained / 1e9:.2f}B trained)" if self.trained is not None and self.trained < self.params else ""
+        )
+        return (
+            f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, ZeRO-{self.stage} on {self.world} GPU(s)"
+            f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
+            f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f}"
+            f" + buffers {self.buffers_gb:.1f})"
+        )
+
+
+MAX_BUCKET_FLUSHES = 100  # per backward pass; hidden_size² buckets give ~450 on a 0.5B model
+DEEPSPEED_BUCKET = 5e8  # DeepSpeed's reduce_bucket_size where the file sets none
+
+
+def reduce_bucket(zero: dict) -> float:
+    """Elements in one ZeRO-1/2 gradient bucket, as DeepSpeed will allocate it."""
+    bucket = zero.get("reduce_bucket_size", DEEPSPEED_BUCKET)
+    return bucket if isinstance(bucket, (int, float)) and bucket > 0 else DEEPSPEED_BUCKET
+
+
+def bucket_warnings(written: dict, filled: dict, trained: int) -> list[Problem]:
+    """ZeRO-1/2 buckets so small that the backward pass stalls on their flushes (bench/RESULTS.md)."""
+    zero, filled_zero = written.get("zero_optimization") or {}, filled.get("zero_optimization") or {}
+    if filled_zero.get("stage") not in (1, 2):
+        return []
+    bucket = reduce_bucket(filled_zero)
+    flushes = trained / bucket
+    if flushes <= MAX_BUCKET_FLUSHES:
+        return []
+    written_value = zero.get("reduce_bucket_size", bucket)
+    how = f' ("auto" fills it with hidden_size² = {bucket:,.0f})' if written_value == "auto" else ""
+    detail = (
+        f"{trained:,} trained parameters in buckets of {bucket:,.0f} elements{how} are ~{flushes:,.0f} flushes"
+        " in every backward pass, each a round of Python and small copies while the GPU waits"
+    )
+    fix = "set it to 200000000 (as deepspeed/zero2.json): two such buckets take 0.8 GB"
+    return [Problem("zero_optimization.reduce_bucket_size", written_value, None, fix, "vtt", detail)]
+
+
+def model_parameters(
+    name: str, trainer: str | None, vision_frozen: bool = False
+) -> tuple[tuple[int, int] | None, Any, str | None]:
+    """((all, trained) parameters, model config, why not) from the model's config alone: built on the
+    meta device, no weights read, no network (a hub id must be in the local cache)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except OSError:  # a hub id that is not in the local cache: the check never downloads
+        return None, None, f"no local config for {name}: not a folder, not in the Hugging Face cache"
+    except Exception as err:  # e.g. ValueError for a model type this transformers does not know
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, None, f"no usable config for {name}: {first[:160]}"
+    return count_parameters(config, trainer, vision_frozen), config, None
+
+
+def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstimate:
+    """Model-state memory per GPU at its peak (the optimizer step), as DeepSpeed's estimators count it
+    (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`), with two things
+    they leave out: frozen parameters (their 16-bit weights only: no grads, no optimizer states) and the
+    gradient buckets of stages 1-2. Mixed precision with Adam, per trained parameter: 16-bit grads (2,
+    stages 0-2), the fp32 grads the step reads (4), fp32 master weights and two moments (12); stage 1
+    partitions the optimizer states, 2 the grads too, 3 the weights too. What is offloaded leaves the GPU.
+
+    counts: modelsize.ParameterCount; config: the DeepSpeed config with its "auto" values filled.
+    """
+    params, trained, largest = counts
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
+    off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
+    off_par = (zero.get("offload_param") or {}).get("device") or "none"
+    half = bool(args.bf16 or args.fp16)
+    weight = 2 if half else 4
+    grad_bytes = (4 if stage >= 3 else 2 + 4) if half else 4
+    params_b = weight * params / (world if stage >= 3 else 1)
+    grads_b = grad_bytes * trained / (world if stage >= 2 else 1)
+    optim_b = (12 if half else 8) * trained / (world if stage >= 1 else 1)
+    if stage >= 3:  # each layer's full weights and grads while it runs
+        buffers_b = 2 * weight * largest
+    elif stage >= 1:  # reduce buckets: two when communication overlaps the backward pass
+        # allocated whole, however small the model
+        buffers_b = weight * reduce_bucket(zero) * (2 if zero.get("overlap_comm") else 1)
+    else:
+        buffers_b = 0.0
+    if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
+        optim_b = grads_b = 0.0
+    if off_par != "none" and stage >= 3:
+        params_b = 0.0
+    return MemoryEstimate(
+        model="",
+        params=params,
+        trained=trained,
+        largest_layer=largest,
+        stage=stage,
+        world=world,
+        offload_optimizer=off_opt,
+        offload_param=off_par,
+        params_gb=params_b / 1e9,
+        grads_gb=grads_b / 1e9,
+        optimizer_gb=optim_b / 1e9,
+        buffers_gb=buffers_b / 1e9,
+    )
+
+
+def memory_problems(memory: MemoryEstimate) -> tuple[list[Problem], list[Problem]]:
+    if memory.skipped or not memory.gpu_memory_gb:
+        return [], []
+    total, have = memory.total_gb, memory.gpu_memory_gb
+    detail = f"model states alone need {total:.1f} GB per GPU, the GPU has {have:g} GB"
+    fix = "use more GPUs, a higher ZeRO stage, or offload (zero_optimization.offload_optimizer / offload_param)"
+    problem = Problem("zero_optimization.stage", memory.stage, None, fix, "vtt", detail)
+    if total > have:
+        return [problem], []
+    if total > (1 - MEMORY_MARGIN) * have:
+        problem.detail += f": within {MEMORY_MARGIN:.0%}, no room for activations"
+        return [], [problem]
+    return [], []

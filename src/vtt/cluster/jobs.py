@@ -1,0 +1,279 @@
+"""Cluster jobs: check, render and submit a run config on a cluster profile (`vtt render`, `vtt submit`).
+
+    vtt render --cluster ci --config jobs/tiny-llava.yaml --gpus 2 [--nodes 2] [-o FILE] [--name value ...]
+    vtt submit --cluster ci --config jobs/tiny-llava.yaml --gpus 2 [--nodes 2] [--name value ...]
+
+`preflight()` is the one place that validates a job before it is rendered, submitted or run here. One
+Jinja2 template (job.sh.j2, beside this module) renders every profile; every value in it is shell-quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vtt.cluster.profiles import SECRET_NAME, Profile, load_profile, profile_path
+from vtt.exits import NO_REQUEUE, Exit
+from vtt.files import write_atomically
+
+RENDERED = Path("jobs/rendered")
+# Run-config arguments that carry secrets: never written into a script (TrainingArguments has hub_token).
+SECRET_ARGUMENTS = ("--hub_token",)
+ENV_REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+@dataclass
+class Job:
+    """A checked job: what the template needs besides the profile."""
+
+    profile: Profile
+    config: str
+    gpus: int
+    nodes: int
+    trainer: str
+    overrides: list[str] = field(default_factory=list)
+    module: str | None = None  # run this instead of the trainer (vtt.cluster.fabric for `make nccl-check`)
+
+    @property
+    def name(self) -> str:
+        return f"vtt-{Path(self.config).stem}"
+
+    @property
+    def script_name(self) -> str:
+        return f"{self.profile.name}-{Path(self.config).stem}-{self.nodes}x{self.gpus}.sh"
+
+
+class Shell(str):
+    """Text that is already valid, safe shell: the template writes it as it is."""
+
+
+def quote_keeping_variables(value: str) -> Shell:
+    """`value` as one shell word where `$NAME`/`${NAME}` expand at run time and everything else is literal.
+
+    `/scratch/$USER` stays useful; `$(id)`, backquotes, `;` and spaces stay inert text.
+    """
+    parts, last = [], 0
+    for match in ENV_REFERENCE.finditer(value):
+        if match.start() > last:
+            parts.append(shlex.quote(value[last : match.start()]))
+        parts.append(f'"${{{match.group(1) or match.group(2)}}}"')
+        last = match.end()
+    if last < len(value) or not parts:
+        parts.append(shlex.quote(value[last:]))
+    return Shell("".join(parts))
+
+
+def _finalize(value):
+    """Jinja's hook on every {{ value }}: quote it for the shell unless it is already Shell."""
+    if isinstance(value, Shell):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"the job template tried to write {value!r}; guard it with an if")
+    return shlex.quote(str(value))
+
+
+def _check_text(what: str, value: str) -> None:
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"{what} {value!r} holds a control character (newline?): write it on one line")
+
+
+def preflight(
+    profile: Profile, config: str | Path, gpus: int, nodes: int | None = None, overrides: list[str] | tuple = ()
+) -> Job:
+    """Every check that must pass before a job is rendered, submitted or run here; returns the checked Job.
+
+    Raises ValueError naming the file, the value and the fix. Writes nothing.
+    """
+    from vtt.check.deepspeed import check_run
+    from vtt.config import parse_run_config
+
+    nodes = profile.nodes if nodes is None else nodes
+    config = str(config)
+    overrides = [str(word) for word in overrides]
+    for word in [config, *overrides]:
+        _check_text("argument", word)
+    if gpus < 1 or nodes < 1:
+        raise ValueError(f"--gpus {gpus} --nodes {nodes}: a job needs at least 1 GPU on at least 1 node")
+    if profile.gpus_per_node is not None and gpus > profile.gpus_per_node:
+        raise ValueError(
+            f"{profile.path}: gpus_per_node is {profile.gpus_per_node}, but the job asks for {gpus} GPUs per node: "
+            f"ask for at most {profile.gpus_per_node} per node and more nodes (--nodes / NODES=)"
+        )
+    if profile.scheduler == "local" and nodes != 1:
+        raise ValueError(f"{profile.path}: the local profile is this one machine: --nodes {nodes} needs a cluster")
+    options = [word.split("=")[0] for word in overrides if word.startswith("--")]
+    secrets = [word for word in options if word in SECRET_ARGUMENTS or SECRET_NAME.search(word)]
+    if secrets:
+        raise ValueError(
+            f"{secrets[0]} looks like a secret: it would be written into the job script. Export HF_TOKEN in the "
+            f"shell you submit from instead (the job reads it from the environment)"
+        )
+    run, _, training = parse_run_config(["--config", config, *overrides], world=nodes * gpus, use_cpu=True)
+    if getattr(training, "hub_token", None):
+        raise ValueError(f"{config}: hub_token is set: remove it and export HF_TOKEN in the shell you submit from")
+    if training.deepspeed:  # a run without DeepSpeed has no DeepSpeed file to check
+        report = check_run(config, gpus, nodes, overrides, gpu_memory_gb=profile.gpu_memory_gb)
+        if not report.ok:
+            raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
+        for warning in report.warnings:
+            print(f"vtt check: {warning.line('warning', report.deepspeed)}", file=sys.stderr)
+    return Job(profile=profile, config=config, gpus=gpus, nodes=nodes, trainer=run.trainer, overrides=overrides)
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+        finalize=_finalize,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(job: Job) -> str:
+    """The job script for `job` (a checked Job from preflight)."""
+    from vtt import __version__
+
+    profile, container = job.profile, job.profile.container
+    slurm = profile.scheduler == "slurm"
+    gpu_request = f"{profile.gpu_type}:{job.gpus}" if profile.gpu_type else str(job.gpus)
+    directives = [
+        (option, getattr(profile, key))
+        for option, key in [
+            ("partition", "partition"),
+            ("account", "account"),
+            ("qos", "qos"),
+            ("time", "time"),
+            ("mem", "mem_per_node"),
+            ("constraint", "constraint"),
+        ]
+        if getattr(profile, key) is not None
+    ]
+    # Inside a container the working directory, the HF cache and scratch must be the same paths as outside.
+    binds = [Shell('"$PWD:$PWD"')] if container.runtime == "docker" else []
+    for path in (profile.hf_home, profile.scratch):
+        if path and container.runtime != "none":
+            binds.append(Shell(f"{quote_keeping_variables(path)}:{quote_keeping_variables(path)}"))
+    binds += [quote_keeping_variables(bind) for bind in container.binds]
+    mounts = Shell(",".join(['"$PWD:$PWD"', *binds]))
+    env = [(name, quote_keeping_variables(value)) for name, value in profile.env.items()]
+    # docker does not pass the host's environment: name every variable the node launcher and trainer read.
+    docker_env = ["SLURM_NODEID", "SLURM_JOB_ID", "PYTHONUNBUFFERED", "HF_TOKEN"]
+    docker_env += ["HF_HOME"] * bool(profile.hf_home) + ["TMPDIR"] * bool(profile.scratch)
+    if not profile.internet:
+        docker_env += ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"]
+    docker_env += list(profile.env)
+    render_command = ["vtt", "render", "--cluster", profile.path, "--config", job.config, "--gpus", str(job.gpus)]
+    render_command += ["--nodes", str(job.nodes), *job.overrides]
+    context = {
+        "job_name": job.name,
+        "trainer": job.trainer,
+        "module": job.module or f"vtt.train.{job.trainer}",
+        "nodes": job.nodes,
+        "gpus": job.gpus,
+        "config": job.config,
+        "overrides": job.overrides,
+        "profile": profile,
+        "profile_path": profile.path,
+        "version": __version__,
+        "render_command": Shell(shlex.join(render_command)),
+        "slurm": slurm,
+        "log_dir": profile.log_dir,
+        "gpu_request": gpu_request,
+        "cpus_per_task": profile.cpus_per_gpu * job.gpus if profile.cpus_per_gpu else None,
+        "directives": directives,
+        "sbatch_extra": [Shell(line) for line in profile.sbatch_extra],  # #SBATCH options, read by sbatch only
+        "hf_home": quote_keeping_variables(profile.hf_home) if profile.hf_home else None,
+        "scratch": Shell(f'{quote_keeping_variables(profile.scratch)}/"vtt-${{SLURM_JOB_ID:-$$}}"')
+        if profile.scratch
+        else None,
+        "env": env,
+        "runtime": container.runtime,
+        "image": quote_keeping_variables(container.image) if container.image else None,
+        "binds": binds,
+        "mounts": mounts,
+        "docker_env": docker_env,
+        "python": quote_keeping_variables(profile.python),
+        "stopped_exit": int(Exit.STOPPED),
+        # Exit codes a requeue would only repeat (vtt.exits): bad input, disk full, failed push.
+        "no_requeue": Shell("|".join(str(int(code)) for code in NO_REQUEUE)),
+    }
+    return _environment().get_template("job.sh.j2").render(**context)
+
+
+def write_script(text: str, out: Path) -> Path:
+    """Write the script whole or not at all, executable."""
+    return write_atomically(out, text, mode=0o755)
+
+
+def submit(job: Job, script: Path) -> tuple[str, Path]:
+    """`sbatch --parsable script`; returns (job id, log path). Errors carry sbatch's own message."""
+    if job.profile.scheduler != "slurm":
+        raise ValueError(
+            f"{job.profile.path}: scheduler is {job.profile.scheduler}, not slurm: run it here with "
+            f"`vtt run --config {job.config} --gpus {job.gpus}` (make local) or `bash {script}`"
+        )
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ValueError(
+            f"sbatch is not on PATH: submit from a login node of the cluster ({job.profile.path}), or copy the "
+            f"rendered script there and run `sbatch {script}`"
+        )
+    log_dir = Path(job.profile.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)  # Slurm fails the job silently when --output's folder is missing
+    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip()
+        raise ValueError(f"sbatch rejected {script} (profile {job.profile.path}): {message}")
+    job_id = done.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
+    return job_id, log_dir / f"{job.name}-{job_id}.out"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", required=True, help="a profile name (ci) or file (jobs/clusters/ci.yaml)")
+    parser.add_argument("--config", required=True, help="run config, e.g. jobs/tiny-llava.yaml")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    parser.add_argument("--nodes", type=int, help="nodes (default: the profile's nodes)")
+    parser.add_argument(
+        "--module", choices=["vtt.cluster.fabric"], help="run this module on the job's GPUs instead of the trainer"
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, help="write the script here (a folder/ gets a generated name); render: stdout"
+    )
+
+
+def _out_path(job: Job, out: Path | None) -> Path:
+    if out is None:
+        return RENDERED / job.script_name
+    if str(out).endswith("/") or out.is_dir():
+        return out / job.script_name
+    return out
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    profile = load_profile(profile_path(args.cluster))
+    job = preflight(profile, args.config, args.gpus, args.nodes, extra)
+    job.module = args.module
+    text = render(job)
+    if args.command == "render" and args.out is None:
+        sys.stdout.write(text)
+        return 0
+    script = write_script(text, _out_path(job, args.out))
+    if args.command == "render":
+        print(script)
+        return 0
+    job_id, log = submit(job, script)
+    print(f"submitted job {job_id} ({job.name}, {job.nodes} node(s) x {job.gpus} GPU(s)) from {script}")
+    print(f"log:    {log}")
+    print(f"follow: squeue -j {job_id}; tail -f {log}")
+    return 0

@@ -1,0 +1,73 @@
+"""The size of the model a trainer builds and what of it trains, from its config alone: built on the
+meta device, no weights read, no network. The pre-flight check (memory) and the disk guard (checkpoint
+size) count with it; the llava trainer freezes with the same function the check counts with.
+
+    from vtt.models.size import parameter_count
+    parameter_count("outputs/demo/models/tiny-llava", "llava")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple
+
+TRAINER_AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
+
+
+@contextlib.contextmanager
+def no_zero3_init():
+    """Hide a live ZeRO-3 TrainingArguments from `from_config` while a model is counted.
+
+    Parsing a ZeRO-3 run config registers it process-wide, and from_config then builds the model under
+    deepspeed.zero.Init: a process group on port 29500 (taken when two runs start side by side) and
+    weight init on meta tensors ("Cannot copy out of meta tensor"). transformers keeps the registration
+    in a module-level weak reference with no public getter; it is put back as it was.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def freeze_vision_tower(model) -> None:
+    """Keep a LLaVA's vision encoder as loaded: out of the optimizer, and no backward pass through it."""
+    tower = getattr(getattr(model, "model", None), "vision_tower", None)
+    if tower is None:
+        raise ValueError(f"freeze_vision_tower: {type(model).__name__} has no model.vision_tower; set it to false")
+    tower.requires_grad_(False)
+
+
+class ParameterCount(NamedTuple):
+    total: int
+    trained: int
+    largest_layer: int  # the most parameters one module holds itself: what ZeRO-3 gathers at once
+
+
+def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -> ParameterCount:
+    """All, trained and largest-layer parameters of the model `trainer` builds from `config`."""
+    import torch
+    import transformers
+
+    auto = getattr(transformers, TRAINER_AUTO_CLASSES.get(trainer or "", "AutoModel"))
+    with torch.device("meta"), no_zero3_init():
+        model = auto.from_config(config)
+    if vision_frozen:
+        freeze_vision_tower(model)
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # as DeepSpeed's estimate_zero3_model_states_mem_needs_all_live counts it
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    return ParameterCount(total, trained, largest)
+
+
+@functools.lru_cache(maxsize=8)  # the pre-flight check and the save guard both ask at start
+def parameter_count(model_name_or_path: str, trainer: str) -> int:
+    """Parameters of the model in a local folder or a cached hub id (its config.json only)."""
+    from transformers import AutoConfig
+
+    return count_parameters(AutoConfig.from_pretrained(model_name_or_path), trainer)[0]

@@ -1,0 +1,135 @@
+"""Checkpoints a run can always resume from: marked complete only after every rank's save, found again at
+every start.
+
+    python -c "from vtt.train.checkpoints import newest_complete; print(newest_complete('outputs/runs/llava'))"
+
+    start = resume_point(run, training)           # every start: the newest complete checkpoint, or None
+    Trainer(callbacks=[CompleteCheckpoints(keep)])  # each save gets its marker, then the oldest are removed
+
+The Hugging Face Trainer writes `checkpoint-N` in place, file by file: a job killed in the middle of a
+save leaves a folder that looks like a checkpoint and cannot be loaded. So after each save (the Trainer's
+public `on_save` hook) every rank waits for the others, then rank 0 writes the completion marker
+(vtt.files.CHECKPOINT_MARKER: step, world size, time) into it. A `checkpoint-*` folder without its marker
+is never resumed from, and removed at the next start.
+
+`save_total_limit` is applied here, after the marker, to complete checkpoints: the Trainer's own rotation
+runs inside its save, before the new checkpoint is complete, and with a limit of 1 a kill at that moment
+left no checkpoint to resume from. The harness hands the limit to CompleteCheckpoints instead.
+
+The marker records how many processes wrote the checkpoint: DeepSpeed's ZeRO optimizer states are
+partitioned per process, so a resume on another GPU count fails at start with the conversion to
+DeepSpeed's universal checkpoint spelled out, not with a shape error deep inside DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from vtt import collective
+from vtt.config import world_size
+from vtt.exits import Exit
+from vtt.files import CHECKPOINT_MARKER, checkpoint_marker, checkpoints, complete_checkpoints, step_of, write_atomically
+
+
+def newest_complete(output_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step that has its completion marker."""
+    complete = complete_checkpoints(output_dir)
+    return complete[-1] if complete else None
+
+
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
+    """Delete every checkpoint without a marker (a save cut short); returns them."""
+    removed = [p for p in checkpoints(output_dir) if checkpoint_marker(p) is None]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _universal_ready(folder: Path, training) -> bool:
+    """The checkpoint was converted with ds_to_universal and the DeepSpeed config loads universal checkpoints."""
+    config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
+    return (folder / "latest_universal").is_file() and bool(config.get("checkpoint", {}).get("load_universal"))
+
+
+def check_world_size(folder: Path, world: int, training) -> None:
+    """A ValueError that says how to convert the checkpoint when it was written by another process count."""
+    written = (checkpoint_marker(folder) or {}).get("world_size")
+    if not training.deepspeed or written in (None, world) or _universal_ready(folder, training):
+        return
+    tag = (folder / "latest").read_text().strip() if (folder / "latest").is_file() else f"global_step{step_of(folder)}"
+    raise ValueError(
+        f"{folder} was written by {written} process(es), this run has {world}: DeepSpeed's ZeRO optimizer states "
+        f"are split per process and cannot be loaded as they are. Either run on {written} process(es) again, or "
+        f"convert it to DeepSpeed's universal checkpoint: "
+        f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder / tag} "
+        f"--output_folder {folder / (tag + '_universal')} "
+        f'and add "checkpoint": {{"load_universal": true}} to the DeepSpeed config ({training.deepspeed}); '
+        f"or start fresh with --resume false"
+    )
+
+
+def resume_point(run, training) -> str | None:
+    """Where this start resumes from: the newest complete checkpoint of output_dir (None: from the start).
+
+    Rank 0 removes incomplete saves first and says what it found in the log; every rank gets the same
+    answer. With `resume: false` nothing is resumed (existing checkpoints are replaced as steps are saved).
+    When the checkpoint needs another process count, rank 0 prints why and how to convert it and every
+    rank exits 2 (bad input: a requeue would fail the same way).
+    """
+    output_dir = Path(training.output_dir)
+
+    def find() -> str | None:
+        for folder in remove_incomplete(output_dir):
+            print(f"vtt resume: removed {folder}: a save that did not finish (no {CHECKPOINT_MARKER})", flush=True)
+        newest = newest_complete(output_dir)
+        if newest is None:
+            return None
+        if not run.resume:
+            print(f"vtt resume: --resume false: starting from step 0, not from {newest}", flush=True)
+            return None
+        check_world_size(newest, world_size(), training)
+        print(f"vtt resume: resuming from {newest} (step {step_of(newest)})", flush=True)
+        return str(newest)
+
+    try:
+        return collective.from_rank0(find)
+    except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
+        if collective.is_rank0():
+            print(f"vtt resume: error: {err}", flush=True)
+        raise SystemExit(Exit.BAD_INPUT) from None
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """After every save: all ranks wait until each one's shards and RNG state are on disk, then rank 0 writes
+    the completion marker and keeps the newest `keep` complete checkpoints (None or 0: all of them)."""
+
+    def __init__(self, keep: int | None):
+        self.keep = keep
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Last of the callbacks, so the save decision is final: a folder of this step from a run started with
+        # --resume false loses its marker before the save writes over it, as a half-written one must.
+        if control.should_save and collective.is_rank0():
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MARKER).unlink(missing_ok=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        collective.gather(None)
+        if collective.is_rank0():
+            record = {
+                "step": state.global_step,
+                "world_size": args.world_size,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            write_atomically(folder / CHECKPOINT_MARKER, json.dumps(record, indent=2) + "\n")
+            if self.keep and self.keep > 0:
+                kept = {folder, Path(state.best_model_checkpoint or folder)}
+                for old in complete_checkpoints(args.output_dir)[: -self.keep]:
+                    if old not in kept:
+                        shutil.rmtree(old, ignore_errors=True)
+        collective.gather(None)  # no rank reads output_dir before the marker is there

@@ -1,0 +1,141 @@
+"""What both trainers do before their model loads and after their Trainer is built.
+
+    job = start(argv, "llava")       # checks that fail fast, the signal handler, the parsed run config
+    ...                              # the trainer's own model, data and Trainer(callbacks=job.callbacks())
+    fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": 8})
+
+Below the trainers, as video/data/config are: each trainer still builds its own model, data and Trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vtt import collective
+from vtt.after import hub
+from vtt.check import disk
+from vtt.check.offline import check_at_start
+from vtt.config import parse_run_config, read_command
+from vtt.outputs import hold_output
+from vtt.train import checkpoints
+from vtt.train.environment import prepare_deepspeed
+from vtt.train.preempt import StopOnSignal
+from vtt.train.runlog import RunRecord
+from vtt.train.throughput import PROFILE_ENV, ProfileCallback, ThroughputCallback
+
+
+@dataclass
+class Job:
+    """A started run: its name, parsed arguments, and the pieces that stop or publish it."""
+
+    trainer: str
+    run: Any  # vtt's run arguments (dataset, model, ...)
+    task: Any  # the trainer's own arguments (video sampling, or text languages and lengths)
+    training: Any  # the Trainer's arguments
+    stopper: StopOnSignal
+    guard: Any  # disk.SaveGuard
+    push: Any  # hub's plan for the final model, None when not pushing
+    keep: int | None  # save_total_limit, applied by CompleteCheckpoints to complete checkpoints only
+
+    def callbacks(self) -> list[Any]:
+        record = RunRecord(self.trainer, self.run, self.task, {"save_total_limit": self.keep})
+        callbacks = [ThroughputCallback(), self.stopper, self.guard, record]
+        if os.environ.get(PROFILE_ENV):
+            callbacks.append(ProfileCallback(os.environ[PROFILE_ENV]))
+        return [*callbacks, checkpoints.CompleteCheckpoints(self.keep)]  # last: it sees the final save decision
+
+
+def start(argv: list[str] | None, trainer: str) -> Job:
+    """Parse `argv` (default: the command line) for `trainer`, after and before what must come first."""
+    command = read_command(argv)  # the one read of the command line (argv None: this process's)
+    prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
+    check_at_start(command)  # offline node: list what the cache lacks now, not after a failed load
+    stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
+    run, task, training = parse_run_config(command)
+    start_process_group(training)
+    # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
+    push = hub.plan_model_push(command, run, training, trainer)
+    disk.preflight(run, training, trainer)
+    claim_output_dir(run, training)  # after the checks that refuse a run: a refused run leaves no folder behind
+    guard = disk.guard_for(run, training, trainer)
+    # The Trainer's rotation runs before a new checkpoint is complete: CompleteCheckpoints applies the limit.
+    keep, training.save_total_limit = training.save_total_limit, None
+    return Job(trainer, run, task, training, stopper, guard, push, keep)
+
+
+def run_inputs(run: Any, training: Any) -> list[Path]:
+    """What a run reads and output_dir must not hold: data (with a manifest's videos), the model, the DeepSpeed file."""
+    from vtt.data.datasets import is_prepared
+    from vtt.data.manifest import local_videos, manifest_entries
+
+    inputs = [Path(p) for p in (run.dataset, run.eval_dataset, training.deepspeed) if isinstance(p, str)]
+    if Path(run.model_name_or_path).exists():
+        inputs.append(Path(run.model_name_or_path))
+    for data in (run.dataset, run.eval_dataset):
+        if data and Path(data).is_file() and not is_prepared(data):
+            inputs += local_videos(data, *manifest_entries(data))
+    return inputs
+
+
+def claim_output_dir(run: Any, training: Any) -> None:
+    """Rank 0 claims output_dir for the run's lifetime (vtt.outputs): never a folder holding the run's inputs or
+    files vtt did not write, never two runs at once. Every rank exits 2 (bad input) with the reason otherwise."""
+
+    def claim() -> None:  # returns nothing: the claim stays with rank 0, only its refusal travels to the others
+        hold_output(training.output_dir, "run", run_inputs(run, training), "output_dir")
+
+    try:
+        collective.from_rank0(claim)
+    except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
+        if collective.is_rank0():
+            print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def start_process_group(training: Any) -> None:
+    """The process group, before any weight loads: under ZeRO-3 from_pretrained partitions the weights as
+    they load (deepspeed.zero.Init), and asks DeepSpeed's handle on the group for the world size. Left to
+    the Trainer, zero.Init saw a world of 1 and refused the batch sizes."""
+    training.device  # noqa: B018 TrainingArguments starts the group on first use of its device (gloo on CPU)
+    if training.deepspeed:
+        import torch
+
+        import deepspeed
+
+        if torch.distributed.is_initialized():
+            deepspeed.init_distributed()  # wraps the group already there (accelerate does this on GPU only)
+
+
+def fit(trainer: Any, job: Job, *, data: dict[str, Any], companion: Any, eval_options: dict[str, Any]) -> None:
+    """Train `trainer` to the end and publish the result.
+
+    companion: what rank 0 saves beside the model with `save_pretrained` (a processor, a generation config);
+    data: the dataset facts for the model card; eval_options: extra arguments of `evaluate_model`.
+    A signal or a full disk ends the process here with its exit code, after its checkpoint.
+    """
+    run, training = job.run, job.training
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
+    job.guard.exit_if_stopped()
+    job.stopper.exit_if_stopped()
+    trainer.save_model()
+    trainer.save_state()
+    if collective.is_rank0():
+        companion.save_pretrained(training.output_dir)
+    if trainer.eval_dataset is not None:
+        data = dict(data, eval_dataset=run.eval_dataset, eval_samples=len(trainer.eval_dataset))
+    if run.eval_dataset and run.generate_eval and collective.is_rank0():
+        # Imported here: vtt.after.evaluate comes after the trainers (it loads back the model they saved).
+        from vtt.after.evaluate import evaluate_model
+
+        evaluate_model(
+            training.output_dir,
+            run.eval_dataset,
+            batch_size=training.per_device_eval_batch_size,
+            device="cpu" if training.use_cpu else None,
+            **eval_options,
+        )
+    hub.push_model(job.push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
