@@ -24,8 +24,6 @@ import yaml
 from vtt.values import file_value_problems, options_of, raise_all, range_problems, refuse_tokens
 
 TRAINERS = ("llava", "seq2seq")
-# TRL's SFTConfig sets this deprecated alias by itself on every parse; nothing a user can change.
-warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -271,6 +269,13 @@ def gradient_accumulation_for(global_batch_size: int, micro_batch: int, world: i
     return global_batch_size // per_step
 
 
+def _parse(parser, argv: list[str]) -> tuple[Any, ...]:
+    with warnings.catch_warnings():
+        # TRL's SFTConfig sets this deprecated alias by itself on every parse; nothing a user can change.
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        return parser.parse_args_and_config(argv)
+
+
 def parse_run_config(
     command: RunCommand | list[str], world: int | None = None, use_cpu: bool | None = None
 ) -> tuple[Any, Any, Any]:
@@ -297,7 +302,7 @@ def parse_run_config(
     if use_cpu and command.given("use_liger_kernel") is None:
         argv += ["--use_liger_kernel", "false"]  # Liger's kernels are Triton GPU kernels
     try:
-        run, task, training = parser.parse_args_and_config(argv)
+        run, task, training = _parse(parser, argv)
     except ValueError as err:  # the command line's, or TrainingArguments' own checks (warmup_steps < 0)
         raise ValueError(f"{path}: {err}") from None
     raise_all(path, range_problems((run, task, training), command.overrides))
@@ -315,5 +320,5 @@ def parse_run_config(
             )
         if steps != training.gradient_accumulation_steps:
             # Parse again so TrainingArguments (and the DeepSpeed "auto" values it fills) see the derived value.
-            run, task, training = parser.parse_args_and_config([*argv, "--gradient_accumulation_steps", str(steps)])
+            run, task, training = _parse(parser, [*argv, "--gradient_accumulation_steps", str(steps)])
     return run, task, training

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from vtt import collective
+from vtt.after._compat import hub_network_errors
 from vtt.exits import Exit
 from vtt.files import write_atomically
 from vtt.outputs import MARKER as OUTPUT_MARKER  # which command wrote the folder: local only
@@ -76,9 +77,7 @@ def _status(err: BaseException) -> int | None:
 
 
 def _retryable(err: BaseException) -> bool:
-    from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS
-
-    return _status(err) in RETRY_STATUS or isinstance(err, _DEFAULT_RETRY_ON_EXCEPTIONS)
+    return _status(err) in RETRY_STATUS or isinstance(err, hub_network_errors())
 
 
 def with_retries(action: Callable[[], Any], what: str, attempts: int = 6, base_delay: float = 2.0) -> Any:

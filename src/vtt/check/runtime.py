@@ -17,6 +17,7 @@ from typing import Any
 
 from vtt.check.rules import Problem, deepspeed_config_problems, engine_problems, get, show, step_dependent
 from vtt.config import RunCommand
+from vtt.models._compat import hf_deepspeed_config_set_aside
 
 # The DeepSpeed keys transformers' trainer_config_process/finalize compare with TrainingArguments
 # (fill_match), with the training argument each one mirrors: `--fix` sets exactly these to "auto".
@@ -145,14 +146,12 @@ def runtime_problems(
     written: dict, args: Any, world: int, model_config: Any, steps_known: bool, on_gpu: bool = True
 ) -> tuple[list[Problem], list[Problem], dict]:
     """(errors, warnings, the filled config), stage by stage as transformers, accelerate and DeepSpeed run."""
-    import transformers.integrations.deepspeed as hf_ds
     from accelerate.utils import DeepSpeedPlugin
 
     errors: list[Problem] = []
     warnings: list[Problem] = []
     at_world = AtWorld(args, world)
-    saved = hf_ds._hf_deepspeed_config_weak_ref  # HfDeepSpeedConfig registers itself globally: leave no trace
-    try:
+    with hf_deepspeed_config_set_aside():  # HfDeepSpeedConfig registers itself globally: leave no trace
         recorder = recorder_class()(copy.deepcopy(written))
         recorder.found = []
         recorder.trainer_config_process(at_world)  # TrainingArguments.__post_init__
@@ -190,8 +189,6 @@ def runtime_problems(
             else:
                 errors.append(problem)
         config = recorder.config
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
     if any(p.source == "transformers" for p in errors):
         return errors, warnings, config  # the runtime stops here
 

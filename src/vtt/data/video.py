@@ -34,35 +34,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 from PIL import Image
+
+from vtt.data.readers import (
+    Size,
+    Unreadable,
+    Untrusted,
+    VideoError,
+    open_reader,
+    rate_without_timestamps,
+    resize,
+)
 
 BACKENDS = ("opencv", "pyav")
 # Decode forward instead of seeking when the next picked frame is at most this many frames ahead: a
 # seek lands on the keyframe before the target and decodes up to it anyway, so over short gaps it only
 # adds the demuxer's seek. Measured in bench/decode.py (bench/RESULTS.md).
 FORWARD_GAP = 48
-# The frame rate FFmpeg's raw-stream demuxers assume when a stream declares none.
-ASSUMED_RATE = 25.0
-Size = int | tuple[int, int] | None
-
-
-class VideoError(Exception):
-    """A video that cannot give frames; the message names the file and the cause."""
-
-    def __init__(self, path: str | Path, cause: str):
-        super().__init__(f"{path}: {cause}")
-        self.path = str(path)
-        self.cause = cause
-
-
-class _Unreadable(VideoError):
-    """This backend cannot open the file or decode a frame of it: the other backend may."""
-
-
-class _Untrusted(Exception):
-    """The container's frame count or rate did not match what decoded: read the clip in full instead."""
 
 
 @dataclass(frozen=True)
@@ -103,185 +92,15 @@ def span_middles(start: float, end: float, count: int) -> list[float]:
     return [start + (k + 0.5) * step for k in range(count)]
 
 
-def resize(rgb: np.ndarray, size: Size) -> np.ndarray:
-    """`size` an int: the longest side becomes `size`, aspect kept; a (width, height) pair: exactly that."""
-    if size is None:
-        return rgb
-    height, width = rgb.shape[:2]
-    if isinstance(size, int):
-        scale = size / max(height, width)
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    else:
-        target = (int(size[0]), int(size[1]))
-    if target == (width, height):
-        return rgb
-    shrinking = target[0] * target[1] < width * height
-    return cv2.resize(rgb, target, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
-class _OpenCVReader:
-    """OpenCV's FFmpeg capture: grab() decodes, retrieve() converts only the frames we keep."""
-
-    def __init__(self, path: Path, untimed_rate: float | None):
-        self.path = path
-        self.capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-        if not self.capture.isOpened():
-            raise _Unreadable(path, "OpenCV cannot open it (not a video, or a codec it cannot read)")
-        self.count = _frame_count(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS))
-        # OpenCV reports 0 ms for every frame of a stream without timestamps: place them by index.
-        self.untimed_rate = untimed_rate
-        self.position = 0  # the index of the frame the next grab() decodes
-
-    def seek(self, index: int) -> None:
-        self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        self.position = index
-
-    def grab(self) -> bool:
-        grabbed = self.capture.grab()
-        self.position += grabbed
-        return grabbed
-
-    def time(self) -> float:
-        """Seconds from the stream's start to the frame grabbed last."""
-        if self.untimed_rate:
-            return (self.position - 1) / self.untimed_rate
-        return self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-
-    def retrieve(self) -> np.ndarray:
-        ok, bgr = self.capture.retrieve()
-        if not ok:
-            raise _Untrusted("a grabbed frame could not be converted")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    def close(self) -> None:
-        self.capture.release()
-
-
-class _PyAVReader:
-    """PyAV: the same four calls over FFmpeg's own demuxer and decoder."""
-
-    def __init__(self, path: Path, untimed_rate: float | None):
-        import av
-
-        self.av = av
-        self.path = path
-        try:
-            self.container = av.open(str(path))
-        except (av.error.FFmpegError, UnicodeDecodeError) as err:
-            raise _Unreadable(path, f"PyAV cannot open it: {err}") from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise _Unreadable(path, "the file has no video stream")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # frame threads: several frames decode at once
-        self.base = self.stream.time_base
-        self.offset = self.stream.start_time or 0
-        self.count = _frame_count(self.stream.frames)
-        rate = self.stream.average_rate or self.stream.guessed_rate
-        self.fps = float(rate) if rate else 0.0
-        self.untimed_rate = untimed_rate  # PyAV's frames of such a stream have no pts
-        self.position = 0  # the index of the frame the next grab() gives
-        self.frames = None
-        self.frame = None
-        self.pending = None
-
-    def _next(self):
-        if self.frames is None:
-            self.frames = self.container.decode(self.stream)
-        while True:
-            try:
-                frame = next(self.frames)
-            except (StopIteration, self.av.error.FFmpegError):  # the end, or data that stops decoding (truncated)
-                return None
-            # A timed stream's frame without a timestamp cannot be placed on the clip's timeline: pass over it.
-            if self.untimed_rate or frame.pts is not None:
-                return frame
-
-    def seek(self, index: int) -> None:
-        target = index / self.fps
-        self.container.seek(self.offset + int(target / self.base), stream=self.stream, backward=True)
-        self.frames = None
-        self.position = index
-        # Decode from the keyframe up to the target, so the next grab() gives frame `index` as OpenCV's does.
-        while (frame := self._next()) is not None:
-            if (frame.pts - self.offset) * self.base >= target - 0.5 / self.fps:
-                self.pending = frame
-                return
-        self.pending = None
-
-    def grab(self) -> bool:
-        self.frame, self.pending = (self.pending, None) if self.pending is not None else (self._next(), None)
-        self.position += self.frame is not None
-        return self.frame is not None
-
-    def time(self) -> float:
-        if self.untimed_rate:
-            return (self.position - 1) / self.untimed_rate
-        return float((self.frame.pts - self.offset) * self.base)
-
-    def retrieve(self) -> np.ndarray:
-        return _turn_for_display(self.frame.to_ndarray(format="rgb24"), self.frame)
-
-    def close(self) -> None:
-        self.container.close()
-
-
-# frame.rotation (counter-clockwise degrees) -> the cv2.rotate code OpenCV's reader applies for it.
-_TURNS = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, -90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, -180: cv2.ROTATE_180}
-
-
-def _turn_for_display(rgb: np.ndarray, frame) -> np.ndarray:
-    """The frame as OpenCV gives it: turned by the display matrix's rotation when that is a multiple of 90."""
-    try:
-        rotation = frame.rotation
-    except (ValueError, OverflowError):  # a degenerate matrix (zero scale) has no angle; OpenCV leaves it as is
-        return rgb
-    return cv2.rotate(rgb, _TURNS[rotation]) if rotation in _TURNS else rgb
-
-
-def _frame_count(value) -> int:
-    """A container's frame count, 0 when it is missing or absurd (OpenCV reports -1.9e14 for a raw stream)."""
-    value = float(value or 0)
-    return int(value) if math.isfinite(value) and 0 < value < 2**31 else 0
-
-
-def _rate_without_timestamps(path: Path) -> float | None:
-    """None when the video stream has timestamps (or PyAV cannot tell); else the rate to place its frames by.
-
-    A raw elementary stream (`.h264`, `.hevc`) has packets without pts or dts: each backend then reports a
-    time of 0 (OpenCV) or None (PyAV) for every frame. Both backends take the rate from here, so they agree.
-    """
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for n, packet in enumerate(container.demux(stream)):
-                if packet.pts is not None or packet.dts is not None:
-                    return None
-                if n >= 8:
-                    break
-            rate = stream.average_rate or stream.guessed_rate
-            rate = float(rate) if rate else 0.0
-            return rate if math.isfinite(rate) and rate > 0 else ASSUMED_RATE
-    except (av.error.FFmpegError, IndexError, UnicodeDecodeError, ValueError, OverflowError, ZeroDivisionError):
-        return None
-
-
-def _open(path: Path, backend: str, untimed_rate: float | None):
-    return (_OpenCVReader if backend == "opencv" else _PyAVReader)(path, untimed_rate)
-
-
 def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
-    """Picked frames located by the container's count and rate; _Untrusted when the clip disagrees."""
+    """Picked frames located by the container's count and rate; Untrusted when the clip disagrees."""
     count, fps = reader.count, reader.fps
     if reader.untimed_rate:
-        raise _Untrusted("the stream has no timestamps to check the picks against")
+        raise Untrusted("the stream has no timestamps to check the picks against")
     if count < 1 or not fps or fps <= 0 or not math.isfinite(fps):
-        raise _Untrusted("the container reports no frame count or rate")
+        raise Untrusted("the container reports no frame count or rate")
     if sampling.start is not None and sampling.start >= count / fps:
-        raise _Untrusted("the segment starts after the reported end")  # a count can understate: decode to know
+        raise Untrusted("the segment starts after the reported end")  # a count can understate: decode to know
     start, end = _segment(reader.path, sampling, count / fps)
     times = span_middles(start, end, sampling.count(end - start))
     indices = sorted({min(count - 1, int(t * fps + 1e-6)) for t in times})
@@ -292,17 +111,17 @@ def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.
             position = index
         while position <= index:
             if not reader.grab():
-                raise _Untrusted(f"the container reports {count} frames, decoding stopped at {position}")
+                raise Untrusted(f"the container reports {count} frames, decoding stopped at {position}")
             position += 1
         if abs(reader.time() - index / fps) > 0.5 / fps:
-            raise _Untrusted(f"frame {index} shows at {reader.time():.3f}s, not {index / fps:.3f}s")
+            raise Untrusted(f"frame {index} shows at {reader.time():.3f}s, not {index / fps:.3f}s")
         frames.append((reader.time(), resize(reader.retrieve(), sampling.size)))
     _check_ends_where_reported(reader.path, count, fps)
     return frames
 
 
 def _check_ends_where_reported(path: Path, count: int, fps: float) -> None:
-    """_Untrusted when the stream has packets past the reported count: the picks would miss the clip's end.
+    """Untrusted when the stream has packets past the reported count: the picks would miss the clip's end.
 
     Demuxes (no decoding) from a second before the reported end, so it costs about a millisecond;
     PyAV reads the packets for either backend. A file PyAV cannot demux gives no evidence either way.
@@ -317,14 +136,14 @@ def _check_ends_where_reported(path: Path, count: int, fps: float) -> None:
             container.seek(offset + int(max(0.0, last - 1.0) / base), stream=stream, backward=True)
             for packet in container.demux(stream):
                 if packet.pts is not None and (packet.pts - offset) * base > last + 0.5 / fps:
-                    raise _Untrusted(f"the container reports {count} frames, but its stream goes on past them")
+                    raise Untrusted(f"the container reports {count} frames, but its stream goes on past them")
     except (av.error.FFmpegError, IndexError, UnicodeDecodeError):
         return
 
 
 def _frame_times(path: Path, backend: str, untimed_rate: float | None) -> list[float]:
     """Every decodable frame's time, by decoding the clip from start to end."""
-    reader = _open(path, backend, untimed_rate)
+    reader = open_reader(path, backend, untimed_rate)
     try:
         times = []
         while reader.grab():
@@ -338,9 +157,9 @@ def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -
     """Picked frames located by decoding: the clip's times are learnt first, then the picks are read."""
     times = _frame_times(path, sampling.backend, untimed_rate)
     if not times:
-        raise _Unreadable(path, "no frame could be decoded")
+        raise Unreadable(path, "no frame could be decoded")
     if len(times) > 1 and times[-1] <= times[0]:
-        raise _Unreadable(path, f"its {len(times)} frames all show at {times[0]:.3f} s (timestamps do not advance)")
+        raise Unreadable(path, f"its {len(times)} frames all show at {times[0]:.3f} s (timestamps do not advance)")
     # The last frame lasts as long as the mean frame before it (1 s for a 1-frame clip of unknown rate).
     last = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1.0
     # The clip starts at its first decodable frame: frames cut off from their keyframe never decode, and a
@@ -353,7 +172,7 @@ def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -
     last_inside = max(first_inside, int(np.searchsorted(times, end, side="left")) - 1)
     picks = _distinct(on_screen, first_inside, last_inside)
     chosen = set(picks)
-    reader = _open(path, sampling.backend, untimed_rate)
+    reader = open_reader(path, sampling.backend, untimed_rate)
     frames = []
     try:
         for index in range(picks[-1] + 1):
@@ -364,7 +183,7 @@ def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -
     finally:
         reader.close()
     if not frames:
-        raise _Unreadable(path, "no frame could be decoded")
+        raise Unreadable(path, "no frame could be decoded")
     return frames
 
 
@@ -397,23 +216,23 @@ def _segment(path: Path, sampling: Sampling, duration: float, first: float = 0.0
 
 
 def _read_with(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
-    """The picks by `sampling.backend`; _Unreadable for any failure of the backend on this file."""
+    """The picks by `sampling.backend`; Unreadable for any failure of the backend on this file."""
     try:
-        untimed_rate = _rate_without_timestamps(path)
-        reader = _open(path, sampling.backend, untimed_rate)
+        untimed_rate = rate_without_timestamps(path)
+        reader = open_reader(path, sampling.backend, untimed_rate)
         try:
             return _read_trusting_metadata(reader, sampling)
-        except _Untrusted:
+        except Untrusted:
             pass
         finally:
             reader.close()
         return _read_counting(path, sampling, untimed_rate)
     except VideoError:
         raise
-    except _Untrusted as err:  # a frame that decoded but would not convert, in the counting pass
-        raise _Unreadable(path, str(err)) from None
+    except Untrusted as err:  # a frame that decoded but would not convert, in the counting pass
+        raise Unreadable(path, str(err)) from None
     except Exception as err:  # cv2.error, av's errors, MemoryError...: the data pipeline catches VideoError only
-        raise _Unreadable(path, f"{sampling.backend} failed with {type(err).__name__}: {err}") from err
+        raise Unreadable(path, f"{sampling.backend} failed with {type(err).__name__}: {err}") from err
 
 
 def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
@@ -425,11 +244,11 @@ def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float,
         raise VideoError(path, "the file is empty (0 bytes)")
     try:
         return _read_with(path, sampling)
-    except _Unreadable as failed:
+    except Unreadable as failed:
         other = replace(sampling, backend=BACKENDS[1 - BACKENDS.index(sampling.backend)])
         try:
             return _read_with(path, other)  # the same picks: both backends sample alike
-        except _Unreadable as also:
+        except Unreadable as also:
             causes = f"{sampling.backend}: {failed.cause}; {other.backend}, tried next: {also.cause}"
             raise VideoError(path, f"neither backend can read it ({causes})") from None
 

@@ -66,8 +66,12 @@ def right_padded_sdpa_mask(
     )
 
 
-AttentionInterface.register(NAME, sdpa_attention_forward)
-AttentionMaskInterface.register(NAME, right_padded_sdpa_mask)
+
+
+def register() -> None:
+    """Make NAME known to transformers (its public registries), once a model asks for it; repeats are no-ops."""
+    AttentionInterface.register(NAME, sdpa_attention_forward)
+    AttentionMaskInterface.register(NAME, right_padded_sdpa_mask)
 
 
 def enable_right_padded_sdpa(model) -> bool:
@@ -79,5 +83,6 @@ def enable_right_padded_sdpa(model) -> bool:
     key, text_config = ("text_config", config.text_config) if hasattr(config, "text_config") else ("", config)
     if text_config._attn_implementation != "sdpa":
         return False
+    register()
     model.set_attn_implementation({key: NAME} if key else NAME)
     return True

@@ -8,30 +8,12 @@ size) count with it; the llava trainer freezes with the same function the check 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
+from vtt.models._compat import hf_deepspeed_config_set_aside
+
 TRAINER_AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
-
-
-@contextlib.contextmanager
-def no_zero3_init():
-    """Hide a live ZeRO-3 TrainingArguments from `from_config` while a model is counted.
-
-    Parsing a ZeRO-3 run config registers it process-wide, and from_config then builds the model under
-    deepspeed.zero.Init: a process group on port 29500 (taken when two runs start side by side) and
-    weight init on meta tensors ("Cannot copy out of meta tensor"). transformers keeps the registration
-    in a module-level weak reference with no public getter; it is put back as it was.
-    """
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def freeze_vision_tower(model) -> None:
@@ -54,7 +36,7 @@ def count_parameters(config, trainer: str | None, vision_frozen: bool = False) -
     import transformers
 
     auto = getattr(transformers, TRAINER_AUTO_CLASSES.get(trainer or "", "AutoModel"))
-    with torch.device("meta"), no_zero3_init():
+    with torch.device("meta"), hf_deepspeed_config_set_aside():
         model = auto.from_config(config)
     if vision_frozen:
         freeze_vision_tower(model)

@@ -7,10 +7,7 @@ DeepSpeed 0.19.8 compiles its ops against TORCH_CUDA_ARCH_LIST and parses every 
 `ValueError: invalid literal for int() with base 10: '0a'` (NOTES.md). sm_90 code runs on sm_90a GPUs,
 so dropping the letter suffix loses nothing DeepSpeed's ops use.
 
-On the CPU, DeepSpeed's backend JIT-compiles a shared-memory all-reduce at every start and leaves its
-69 MB buffer in /dev/shm per rank when the process ends (never unlinked): a few hundred test launches
-filled a 24 GB machine's memory and stalled it. Training never uses that op (only
-`inference_all_reduce` does), so `prepare_deepspeed` marks it unavailable and gloo does every reduction.
+`prepare_deepspeed` also switches off DeepSpeed's CPU shared-memory all-reduce (vtt.train._compat says why).
 """
 
 from __future__ import annotations
@@ -18,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, MutableMapping
+
+from vtt.train._compat import disable_cpu_shared_memory_all_reduce
 
 ARCH_SUFFIX = re.compile(r"^(\d+\.\d+)[a-zA-Z]+(\+PTX)?$")
 
@@ -48,10 +47,7 @@ def fix_arch_list(env: MutableMapping[str, str] = os.environ) -> str | None:
 def prepare_deepspeed() -> None:
     """What a trainer does before DeepSpeed starts: a parsable arch list, no CPU shared-memory all-reduce."""
     fix_arch_list()
-    import deepspeed.ops
-
-    # build_shm_op() returns None for an op it finds incompatible; the table is probed once per process.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    disable_cpu_shared_memory_all_reduce()
 
 
 def job_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -18,6 +18,7 @@ from vtt.data.video import Sampling
 from vtt.models.attention import enable_right_padded_sdpa
 from vtt.models.llava import fix_processor
 from vtt.models.size import freeze_vision_tower
+from vtt.train._compat import sft_trainer_without_pad_multiple
 from vtt.train.harness import fit, start
 
 
@@ -49,17 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     evaluation = None
     if run.eval_dataset:
         evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio)
-    # TRL refuses pad_to_multiple_of for vision prompt-completion rows: vtt pads its batches instead.
-    multiple, training.pad_to_multiple_of = training.pad_to_multiple_of, None
-    trainer = SFTTrainer(
-        model=model,
-        args=training,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=processor,
-        callbacks=job.callbacks(),
-    )
-    training.pad_to_multiple_of = multiple  # as configured, in the saved arguments
+    with sft_trainer_without_pad_multiple(training) as multiple:  # vtt pads its batches instead
+        trainer = SFTTrainer(
+            model=model,
+            args=training,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=processor,
+            callbacks=job.callbacks(),
+        )
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
     collate = skip_rejected(trainer.data_collator)
     trainer.data_collator = pad_to_multiple(collate, multiple, processor.tokenizer.pad_token_id)

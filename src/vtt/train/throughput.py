@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from vtt import collective
 from vtt.files import write_atomically
+from vtt.train._compat import wrap_optimizer_step
 
 LAUNCH_TIME_ENV = "VTT_LAUNCH_TIME"
 PROFILE_ENV = "VTT_PROFILE_STEPS"
@@ -52,11 +53,10 @@ class ThroughputCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         # accelerate's wrapper holds the optimizer that steps: DeepSpeed's ZeRO optimizer, which its
         # engine calls at the end of the backward pass, or torch's
-        inner = getattr(optimizer, "optimizer", optimizer)
-        if inner is None or not torch.cuda.is_available():
-            return
-        step = inner.step
+        if torch.cuda.is_available():
+            wrap_optimizer_step(optimizer, self._measured)
 
+    def _measured(self, step):
         def measured_step(*a, **kw):
             # activations are freed by now: what the step allocates on top of what is held is model state
             self.peak_before_bytes = max(self.peak_before_bytes, torch.cuda.max_memory_allocated())
@@ -66,7 +66,7 @@ class ThroughputCallback(TrainerCallback):
             finally:
                 self.step_peak_bytes = max(self.step_peak_bytes, torch.cuda.max_memory_allocated())
 
-        inner.step = measured_step
+        return measured_step
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begins.append(time.perf_counter())

@@ -1,0 +1,32 @@
+"""Every patch of a dependency's private API below the trainers (models/, and check/ above it).
+
+Written for transformers 5.24.0 (pyproject.toml pins it); tests/test_compat.py fails when an upgrade
+changes what a patch relies on, so each one is looked at again rather than failing silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+WRITTEN_FOR = {"transformers": "5.24.0"}
+
+
+@contextlib.contextmanager
+def hf_deepspeed_config_set_aside() -> Iterator[None]:
+    """No live DeepSpeed config for the length of the block; the one registered before is put back after.
+
+    A parsed ZeRO-3 TrainingArguments (or an HfDeepSpeedConfig) registers itself process-wide, and
+    transformers then builds every model under deepspeed.zero.Init: a process group on port 29500 and
+    weights on meta tensors. Counting a model's parameters and replaying the runtime's config checks must
+    leave that registration as it was. transformers keeps it in `_hf_deepspeed_config_weak_ref` and
+    offers `unset_hf_deepspeed_config()` but no way to get it back.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
