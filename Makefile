@@ -89,10 +89,10 @@ system: ## install the system packages the tests use (as root; otherwise prints 
 # DeepSpeed compiles its CPU ops (g++, ninja) on first use; a kept folder spares the suite's launches the rebuild.
 test test-fast: export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vtt/torch_extensions
 
-test: setup system lint ## install what is missing (venv, and as root the system packages), run the whole suite
+test: system setup lint ## install what is missing (venv, and as root the system packages), run the whole suite
 	$(VENV)/bin/pytest $(ARGS)
 
-test-fast: setup system ## the suite without the launches marked slow (a few minutes): for iteration
+test-fast: system setup ## the suite without the launches marked slow (a few minutes): for iteration
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)
 
 image: ## docker build the CUDA image vtt:<version> [CUDA_IMAGE=...@sha256:...] [ARCHS="8.0;9.0"]

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vtt.after.metrics import DESCRIPTIONS, score
+from vtt.after.metrics import DESCRIPTIONS, read_predictions, score
 from vtt.after.predict import (
     add_generation_arguments,
     generation_settings,
@@ -37,23 +37,6 @@ def default_out(model: str) -> Path:
     if Path(model).is_dir():
         return Path(model) / RESULTS
     return Path("outputs/eval") / re.sub(r"[^A-Za-z0-9._-]+", "--", model) / RESULTS
-
-
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a `vtt predict` JSONL; each must hold a prediction and a reference."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such predictions file")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object: {err}") from None
-        rows.append(row)
-    return rows
 
 
 def is_failed(row: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vtt.after.metrics import is_exact_match, read_predictions
 from vtt.files import DEEPSPEED_RECORD, RUN_RECORD, write_atomically
 
 TEMPLATES = Path(__file__).parent
@@ -169,15 +170,11 @@ def summary(state: dict[str, Any], record: dict[str, Any], throughput: dict[str,
     return rows
 
 
-def read_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines()[:limit] if line.strip()]
+def sample_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` rows of the run's eval predictions, each with `match` (exact match); none without the file."""
+    rows = read_predictions(path)[:limit] if path.is_file() else []
     for row in rows:
-        reference, prediction = row.get("reference"), row.get("prediction", "")
-        row["match"] = (
-            reference is not None and " ".join(reference.split()).casefold() == " ".join(prediction.split()).casefold()
-        )
+        row["match"] = is_exact_match(row.get("prediction"), row.get("reference"))
     return rows
 
 
@@ -209,7 +206,7 @@ def render(run_dir: str | Path) -> str:
         key_training=[(key, training[key]) for key in KEY_TRAINING_ARGUMENTS if key in training],
         training_json=json.dumps(training, indent=2, default=str) if training else None,
         deepspeed_json=json.dumps(deepspeed, indent=2) if deepspeed else None,
-        predictions=read_predictions(run_dir / "eval_predictions.jsonl", SAMPLES_SHOWN),
+        predictions=sample_predictions(run_dir / "eval_predictions.jsonl", SAMPLES_SHOWN),
     )
 
 

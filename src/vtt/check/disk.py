@@ -2,7 +2,7 @@
 
     needs = estimate(run, training, "llava")     # what the run will write, per folder
     check_fits(needs)                            # ValueError with the numbers and the fix (`vtt check`)
-    preflight(run, training, "llava")            # the trainers' start: every rank exits 28 when it cannot fit
+    check_space(run, training, "llava")          # the trainers' start: every rank exits 28 when it cannot fit
     SaveGuard()                                  # a TrainerCallback: skips a save that would not fit and stops
 
 Exit code 28 (ENOSPC's errno) means "stopped for lack of disk space": the last complete checkpoint
@@ -170,7 +170,7 @@ def check_fits(needs: list[Need]) -> None:
         )
 
 
-def preflight(run, training, trainer: str) -> None:
+def check_space(run, training, trainer: str) -> None:
     """At a trainer's start: every rank checks the file systems it sees; all exit 28 if one cannot fit."""
     needs = collective.from_rank0(lambda: estimate(run, training, trainer))
     try:

@@ -66,8 +66,6 @@ def right_padded_sdpa_mask(
     )
 
 
-
-
 def register() -> None:
     """Make NAME known to transformers (its public registries), once a model asks for it; repeats are no-ops."""
     AttentionInterface.register(NAME, sdpa_attention_forward)

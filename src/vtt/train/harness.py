@@ -1,8 +1,8 @@
 """What both trainers do before their model loads and after their Trainer is built.
 
-    job = start(argv, "llava")       # checks that fail fast, the signal handler, the parsed run config
-    ...                              # the trainer's own model, data and Trainer(callbacks=job.callbacks())
-    fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": 8})
+    started = start(argv, "llava")       # checks that fail fast, the signal handler, the parsed run config
+    ...                              # the trainer's own model, data and Trainer(callbacks=started.callbacks())
+    fit(trainer, started, data=data, companion=processor, eval_options={"num_frames": 8})
 
 Below the trainers, as video/data/config are: each trainer still builds its own model, data and Trainer.
 """
@@ -29,7 +29,7 @@ from vtt.train.throughput import PROFILE_ENV, ProfileCallback, ThroughputCallbac
 
 
 @dataclass
-class Job:
+class StartedRun:
     """A started run: its name, parsed arguments, and the pieces that stop or publish it."""
 
     trainer: str
@@ -49,7 +49,7 @@ class Job:
         return [*callbacks, checkpoints.CompleteCheckpoints(self.keep)]  # last: it sees the final save decision
 
 
-def start(argv: list[str] | None, trainer: str) -> Job:
+def start(argv: list[str] | None, trainer: str) -> StartedRun:
     """Parse `argv` (default: the command line) for `trainer`, after and before what must come first."""
     command = read_command(argv)  # the one read of the command line (argv None: this process's)
     prepare_deepspeed()  # before DeepSpeed builds an op: a parsable arch list, no leaking CPU shm op
@@ -59,12 +59,12 @@ def start(argv: list[str] | None, trainer: str) -> Job:
     start_process_group(training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(command, run, training, trainer)
-    disk.preflight(run, training, trainer)
+    disk.check_space(run, training, trainer)
     claim_output_dir(run, training)  # after the checks that refuse a run: a refused run leaves no folder behind
     guard = disk.guard_for(run, training, trainer)
     # The Trainer's rotation runs before a new checkpoint is complete: CompleteCheckpoints applies the limit.
     keep, training.save_total_limit = training.save_total_limit, None
-    return Job(trainer, run, task, training, stopper, guard, push, keep)
+    return StartedRun(trainer, run, task, training, stopper, guard, push, keep)
 
 
 def run_inputs(run: Any, training: Any) -> list[Path]:
@@ -110,17 +110,19 @@ def start_process_group(training: Any) -> None:
             deepspeed.init_distributed()  # wraps the group already there (accelerate does this on GPU only)
 
 
-def fit(trainer: Any, job: Job, *, data: dict[str, Any], companion: Any, eval_options: dict[str, Any]) -> None:
+def fit(
+    trainer: Any, started: StartedRun, *, data: dict[str, Any], companion: Any, eval_options: dict[str, Any]
+) -> None:
     """Train `trainer` to the end and publish the result.
 
     companion: what rank 0 saves beside the model with `save_pretrained` (a processor, a generation config);
     data: the dataset facts for the model card; eval_options: extra arguments of `evaluate_model`.
     A signal or a full disk ends the process here with its exit code, after its checkpoint.
     """
-    run, training = job.run, job.training
+    run, training = started.run, started.training
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(run, training))
-    job.guard.exit_if_stopped()
-    job.stopper.exit_if_stopped()
+    started.guard.exit_if_stopped()
+    started.stopper.exit_if_stopped()
     trainer.save_model()
     trainer.save_state()
     if collective.is_rank0():
@@ -138,4 +140,6 @@ def fit(trainer: Any, job: Job, *, data: dict[str, Any], companion: Any, eval_op
             device="cpu" if training.use_cpu else None,
             **eval_options,
         )
-    hub.push_model(job.push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics))
+    hub.push_model(
+        started.push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics)
+    )

@@ -26,8 +26,8 @@ from vtt.train.harness import fit, start
 def main(argv: list[str] | None = None) -> None:
     from trl import SFTTrainer
 
-    job = start(argv, "llava")
-    run, video, training = job.run, job.task, job.training
+    started = start(argv, "llava")
+    run, video, training = started.run, started.task, started.training
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
     fix_processor(processor, model.config)
@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> None:
             train_dataset=train,
             eval_dataset=evaluation,
             processing_class=processor,
-            callbacks=job.callbacks(),
+            callbacks=started.callbacks(),
         )
     # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
     collate = skip_rejected(trainer.data_collator)
     trainer.data_collator = pad_to_multiple(collate, multiple, processor.tokenizer.pad_token_id)
     data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
-    fit(trainer, job, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
+    fit(trainer, started, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def generation_metrics(tokenizer):
 
 @collective.closes_process_groups
 def main(argv: list[str] | None = None) -> None:
-    job = start(argv, "seq2seq")
-    run, text, training = job.run, job.task, job.training
+    started = start(argv, "seq2seq")
+    run, text, training = started.run, started.task, started.training
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
     model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
     set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         compute_loss_func=token_sum_loss,
         compute_metrics=generation_metrics(tokenizer) if training.predict_with_generate else None,
-        callbacks=job.callbacks(),
+        callbacks=started.callbacks(),
     )
     data = {"dataset": run.dataset, "train_samples": len(train), "src_lang": text.src_lang, "tgt_lang": text.tgt_lang}
     eval_options = {"max_new_tokens": text.max_target_length}
-    fit(trainer, job, data=data, companion=model.generation_config, eval_options=eval_options)
+    fit(trainer, started, data=data, companion=model.generation_config, eval_options=eval_options)
 
 
 if __name__ == "__main__":
