@@ -12,6 +12,7 @@ The command line is read once, by `read_command`, into a RunCommand that every c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import warnings
@@ -117,8 +118,49 @@ def training_arguments_class(trainer: str) -> type:
     raise ValueError(f"unknown trainer {trainer!r}: choose one of {', '.join(TRAINERS)}")
 
 
+# TRL's ModelConfig fields for adapters and quantisation, under its names (`use_peft`, `lora_r`, ...); the model's
+# name, revision, dtype and attention are vtt's own fields or training arguments.
+ADAPTER_FIELDS = (
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_parameters",
+    "lora_modules_to_save",
+    "lora_task_type",
+    "use_rslora",
+    "use_dora",
+    "load_in_8bit",
+    "load_in_4bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "bnb_4bit_quant_storage",
+)
+# lora_task_type as the trainer's model needs it (ModelConfig's default is a causal LM's).
+LORA_TASK_TYPES = {"llava": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+@functools.cache
 def task_arguments_class(trainer: str) -> type:
-    return VideoArguments if trainer == "llava" else Seq2SeqArguments
+    """The trainer's own arguments with TRL ModelConfig's adapter fields beside them (one dataclass, one record).
+
+    lora_target_modules left empty means vtt.models.adapters' defaults: the language model's linear layers.
+    """
+    from trl import ModelConfig
+
+    own = VideoArguments if trainer == "llava" else Seq2SeqArguments
+    adapter = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in ADAPTER_FIELDS:
+            default = LORA_TASK_TYPES[trainer] if f.name == "lora_task_type" else f.default
+            help_text = f.metadata.get("help", "")
+            if f.name == "lora_target_modules":
+                help_text = "Module names or a regex for LoRA; empty: the language model's linear layers (vtt)."
+            adapter.append((f.name, f.type, field(default=default, metadata={**f.metadata, "help": help_text})))
+    combined = dataclasses.make_dataclass(own.__name__, adapter, bases=(own,))
+    combined.__module__ = __name__
+    return combined
 
 
 def arguments_parser(*classes: type):

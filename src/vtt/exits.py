@@ -24,6 +24,7 @@ class Exit(IntEnum):
     DONE = 0, False, "trained (and pushed, when push_to_hub is set)"
     BAD_INPUT = 2, False, "a bad argument, config, token or checkpoint: the message says which and the fix"
     PUSH_FAILED = 3, False, "trained and saved, but the Hub push failed after its retries: `vtt push` retries it"
+    SAVE_FAILED = 4, False, "a checkpoint's adapter does not hold the trained weights (ZeRO-3 saved it empty)"
     DISK_FULL = 28, False, "the next save would not fit on the disk (errno ENOSPC): nothing half-written"
     STOPPED = 75, True, "stopped by a signal after saving a checkpoint: requeue and resume from it"
 

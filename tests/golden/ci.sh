@@ -77,7 +77,7 @@ wait "$SRUN_PID" || STATUS=$?
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 case "$STATUS" in
     0) ;;
-    2|3|28)
+    2|3|4|28)
         echo "vtt: exit $STATUS: not requeued (it would fail the same way: see the error above)" ;;
     *)
         if [[ $STATUS -eq 75 || $WARNED -eq 1 ]]; then

@@ -34,6 +34,7 @@ from vtt import collective
 from vtt.config import world_size
 from vtt.exits import Exit
 from vtt.files import CHECKPOINT_MARKER, checkpoint_marker, checkpoints, complete_checkpoints, step_of, write_atomically
+from vtt.models import adapters
 
 
 def newest_complete(output_dir: str | Path) -> Path | None:
@@ -104,6 +105,29 @@ def resume_point(run, training) -> str | None:
         raise SystemExit(Exit.BAD_INPUT) from None
 
 
+def check_saved_adapter(folder: Path, model) -> None:
+    """Every rank: when `model` trains an adapter, the adapter saved in `folder` must equal the trained one, or
+    every rank exits SAVE_FAILED before the checkpoint is marked complete (ZeRO-3 saving empty partitions
+    fails here, at its first save, not when someone loads the adapter weeks later)."""
+    if not hasattr(model, "peft_config"):
+        return
+    from peft import get_peft_model_state_dict
+
+    import deepspeed
+
+    adapter = [p for p in model.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(adapter):  # whole tensors under ZeRO-3; a no-op otherwise
+        trained = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+    problems = collective.from_rank0(lambda: adapters.saved_adapter_problems(folder, trained))
+    if problems:
+        if collective.is_rank0():
+            listing = "\n".join(f"  {line}" for line in problems[:10])
+            print(
+                f"vtt checkpoint: error: the adapter saved in {folder} is not the trained one:\n{listing}", flush=True
+            )
+        raise SystemExit(Exit.SAVE_FAILED)
+
+
 class CompleteCheckpoints(TrainerCallback):
     """After every save: all ranks wait until each one's shards and RNG state are on disk, then rank 0 writes
     the completion marker and keeps the newest `keep` complete checkpoints (None or 0: all of them)."""
@@ -117,9 +141,10 @@ class CompleteCheckpoints(TrainerCallback):
         if control.should_save and collective.is_rank0():
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MARKER).unlink(missing_ok=True)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         collective.gather(None)
+        check_saved_adapter(folder, model)
         if collective.is_rank0():
             record = {
                 "step": state.global_step,

@@ -20,6 +20,8 @@ from vtt.after import hub
 from vtt.check import disk
 from vtt.check.offline import check_at_start
 from vtt.config import parse_run_config, read_command
+from vtt.exits import Exit
+from vtt.models import adapters
 from vtt.outputs import hold_output
 from vtt.train import checkpoints
 from vtt.train.environment import prepare_deepspeed
@@ -40,6 +42,18 @@ class StartedRun:
     guard: Any  # disk.SaveGuard
     push: Any  # hub's plan for the final model, None when not pushing
     keep: int | None  # save_total_limit, applied by CompleteCheckpoints to complete checkpoints only
+    load_options: dict[str, Any]  # extra from_pretrained options: QLoRA's quantisation and device map
+
+    def adapt(self, model: Any) -> Any:
+        """The loaded model with the run's adapter (use_peft), or as it is; rank 0 says what trains."""
+        if not self.task.use_peft:
+            return model
+        if self.training.gradient_checkpointing:  # checkpointed blocks need inputs that require grad under peft
+            model.enable_input_require_grads()
+        model = adapters.wrap(model, self.task, self.trainer)
+        if collective.is_rank0():
+            print(f"vtt adapters: {adapters.trainable_summary(model)}", flush=True)
+        return model
 
     def callbacks(self) -> list[Any]:
         record = RunRecord(self.trainer, self.run, self.task, {"save_total_limit": self.keep})
@@ -64,7 +78,18 @@ def start(argv: list[str] | None, trainer: str) -> StartedRun:
     guard = disk.guard_for(run, training, trainer)
     # The Trainer's rotation runs before a new checkpoint is complete: CompleteCheckpoints applies the limit.
     keep, training.save_total_limit = training.save_total_limit, None
-    return StartedRun(trainer, run, task, training, stopper, guard, push, keep)
+    return StartedRun(trainer, run, task, training, stopper, guard, push, keep, load_options(task))
+
+
+def load_options(task: Any) -> dict[str, Any]:
+    """from_pretrained's extra options for the run's adapter settings; exits 2 (bad input) where they cannot run,
+    as QLoRA cannot without a GPU, before any weight loads."""
+    try:
+        return adapters.load_options(task)
+    except ValueError as err:
+        if collective.is_rank0():
+            print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(Exit.BAD_INPUT) from None
 
 
 def run_inputs(run: Any, training: Any) -> list[Path]:
@@ -93,7 +118,7 @@ def claim_output_dir(run: Any, training: Any) -> None:
     except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
         if collective.is_rank0():
             print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(Exit.BAD_INPUT) from None
 
 
 def start_process_group(training: Any) -> None:

@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     started = start(argv, "llava")
     run, video, training = started.run, started.task, started.training
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path)
+    model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path, **started.load_options)
     fix_processor(processor, model.config)
     if video.flash_sdpa:
         enable_right_padded_sdpa(model)
     if video.freeze_vision_tower:
         freeze_vision_tower(model)
+    model = started.adapt(model)
     # Frames come out of the decoder at the processor's size: a 4K clip costs a worker 384 px frames.
     sampling = Sampling(
         num_frames=video.num_frames,

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     started = start(argv, "seq2seq")
     run, text, training = started.run, started.task, started.training
     tokenizer = AutoTokenizer.from_pretrained(run.model_name_or_path)
-    model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(run.model_name_or_path, **started.load_options)
     set_languages(tokenizer, model, text.src_lang, text.tgt_lang)
+    model = started.adapt(model)
 
     def tokenize(batch):
         return tokenizer(
