@@ -70,6 +70,7 @@ def start(argv: list[str] | None, trainer: str) -> StartedRun:
     check_at_start(command)  # offline node: list what the cache lacks now, not after a failed load
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, task, training = parse_run_config(command)
+    load = load_options(task)  # QLoRA off CUDA stops here, before the process group and any weight
     start_process_group(training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(command, run, training, trainer)
@@ -78,7 +79,7 @@ def start(argv: list[str] | None, trainer: str) -> StartedRun:
     guard = disk.guard_for(run, training, trainer)
     # The Trainer's rotation runs before a new checkpoint is complete: CompleteCheckpoints applies the limit.
     keep, training.save_total_limit = training.save_total_limit, None
-    return StartedRun(trainer, run, task, training, stopper, guard, push, keep, load_options(task))
+    return StartedRun(trainer, run, task, training, stopper, guard, push, keep, load)
 
 
 def load_options(task: Any) -> dict[str, Any]:
