@@ -177,3 +177,15 @@ def test_render_refuses_a_profile_holding_a_token_and_writes_no_script(tmp_path,
     assert done.stderr.startswith(f"vtt render: error: {profile}: {key} (hf_…4567) holds what looks like a Hugging")
     assert TOKEN not in done.stdout + done.stderr
     assert not out.exists()
+
+
+def test_render_works_from_any_folder_with_the_template_and_deepspeed_files_shipped_in_vtt(tmp_path):
+    """A user's own folder holds only their run config: the template comes from the package, the profile and the
+    DeepSpeed file the config names from vtt's install."""
+    (tmp_path / "my-run.yaml").write_text((ROOT / "jobs" / "tiny-llava.yaml").read_text())
+    vtt = Path(sys.executable).with_name("vtt")
+    command = [str(vtt), "render", "--cluster", "ci", "--config", "my-run.yaml", "--gpus", "2", "-o", "out/"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / done.stdout.strip().splitlines()[-1]
+    assert script.is_file() and "--config my-run.yaml" in script.read_text()

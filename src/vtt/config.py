@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from vtt.files import shipped
 from vtt.values import file_value_problems, options_of, raise_all, range_problems, refuse_tokens
 
 TRAINERS = ("llava", "seq2seq")
@@ -333,6 +334,9 @@ def parse_run_config(
     refuse_tokens(path, data)
     refuse_tokens("the command line", options_of(list(command.overrides)))
     argv = command.argv
+    deepspeed = command.value("deepspeed")
+    if isinstance(deepspeed, str) and deepspeed and not Path(deepspeed).exists() and shipped(deepspeed).exists():
+        argv += ["--deepspeed", str(shipped(deepspeed))]  # vtt's own deepspeed/*.json, from any folder
     parser = make_parser(trainer)
     raise_all(path, file_value_problems(data, parser.dataclass_types))
     if use_cpu is None:
