@@ -21,7 +21,10 @@ instead of read from torch.distributed (a login node has none):
 Around that: `global_batch_size` of the run config must divide for the world size, and an estimate
 of model-state memory per GPU (DeepSpeed's own accounting in its estimate_zero2/zero3 functions, with
 frozen parameters and ZeRO's gradient buckets counted) is set against the GPU's memory when one is
-given. `--fix OUT` writes a copy of the file with every value the Trainer owns set to "auto".
+given. With use_peft the model is counted wrapped with the run's adapter (vtt.models.size), the report
+says what trains (`trainable 40.0M of 8.2B parameters (0.49%), LoRA r=16 on 224 modules`) and the memory
+estimate is LoRA's or QLoRA's (vtt.check.memory). `--fix OUT` writes a copy of the file with every value
+the Trainer owns set to "auto".
 """
 
 from __future__ import annotations
@@ -37,11 +40,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtt.check.memory import MemoryEstimate, bucket_warnings, estimate_memory, memory_problems, model_parameters
+from vtt.check.memory import (
+    MemoryEstimate,
+    bucket_warnings,
+    estimate_memory,
+    memory_problems,
+    model_parameters,
+    quantised_zero3_warnings,
+)
 from vtt.check.rules import BATCH_KEYS, Problem, get
 from vtt.check.runtime import TRAINER_OWNED, quiet, runtime_problems, training_arguments
 from vtt.config import RunCommand, read_command
 from vtt.files import shipped
+from vtt.models.size import AdapterError, ParameterCount, trainable_line
 
 
 @dataclass
@@ -51,6 +62,8 @@ class CheckReport:
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     memory: MemoryEstimate | None = None
+    # what trains: total, trainable, percent, line, and the adapter's method, r, modules, ... (None: no model counted)
+    parameters: dict[str, Any] | None = None
     config: dict[str, Any] | None = None  # the DeepSpeed config as the runtime would fill it
 
     @property
@@ -60,6 +73,8 @@ class CheckReport:
     def lines(self) -> list[str]:
         out = [p.line("error", self.deepspeed) for p in self.errors]
         out += [p.line("warning", self.deepspeed) for p in self.warnings]
+        if self.parameters is not None:
+            out.append(self.parameters["line"])
         if self.memory is not None:
             out.append(self.memory.line())
         verdict = "consistent" if self.ok else f"{len(self.errors)} problem(s)"
@@ -125,9 +140,16 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     report = CheckReport(deepspeed=str(chosen), world=world)
     report.errors += problems + _dataloader_problems(args, config)
     vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
-    counts, model_config, why = (
-        model_parameters(run.model_name_or_path, run.trainer, vision_frozen) if run else (None, None, None)
-    )
+    try:
+        counts, model_config, why = (
+            model_parameters(run.model_name_or_path, run.trainer, vision_frozen, task) if run else (None, None, None)
+        )
+    except AdapterError as err:  # what get_peft_model would raise in the trainer, after the queue wait and the load
+        counts, model_config, why = None, None, f"no adapter for {run.model_name_or_path}: {err}"
+        fix = "name modules this model has in lora_target_modules, or leave it empty (the language model's linears)"
+        report.errors.append(
+            Problem("lora_target_modules", task.lora_target_modules, None, fix, "peft", str(err), str(config))
+        )
     errors, warnings, filled = runtime_problems(
         written, args, world, model_config, steps_known=args.max_steps > 0, on_gpu=_on_gpu(command)
     )
@@ -143,14 +165,28 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     else:
         report.memory = estimate_memory(counts, filled or written, args, world)
         report.warnings += bucket_warnings(written, filled or written, counts.trained)
+        report.warnings += quantised_zero3_warnings(counts, filled or written, task)
         report.memory.model = run.model_name_or_path
         report.memory.gpu_memory_gb = gpu_memory_gb
+        report.parameters = parameters_summary(counts)
     mem_errors, mem_warnings = memory_problems(report.memory)
     report.errors += mem_errors
     report.warnings += mem_warnings
     if disk and run is not None and counts is not None:
-        report.errors += _disk_problems(run, args, str(config))
+        report.errors += _disk_problems(run, args, task, str(config))
     return report
+
+
+def parameters_summary(counts: ParameterCount) -> dict[str, Any]:
+    """What trains, for the report's line and --json: counts, share, and the adapter's settings."""
+    adapter = counts.adapter
+    return {
+        "total": counts.total,
+        "trainable": counts.trained,
+        "percent": 100 * counts.trained / max(counts.total, 1),
+        "adapter": asdict(adapter) if adapter is not None else None,
+        "line": trainable_line(counts),
+    }
 
 
 def _on_gpu(command: RunCommand) -> bool:
@@ -183,12 +219,12 @@ def _dataloader_problems(args: Any, config: str | Path | None) -> list[Problem]:
     return []
 
 
-def _disk_problems(run, args, config: str) -> list[Problem]:
+def _disk_problems(run, args, task, config: str) -> list[Problem]:
     """The run's checkpoints and final model against the free space where they will be written."""
     from vtt.check import disk
 
     try:
-        disk.check_fits(disk.estimate(run, args, run.trainer))
+        disk.check_fits(disk.estimate(run, args, run.trainer, task))
     except ValueError as err:
         detail, _, fix = str(err).partition(". Fix: ")
         return [Problem("output_dir", args.output_dir, None, fix, "vtt", detail=detail, file=config)]

@@ -1,5 +1,33 @@
 """Model-state memory per GPU for `vtt check`: DeepSpeed's own accounting (estimate_zero2/zero3) with
 frozen parameters and ZeRO's gradient buckets counted, set against the GPU's memory.
+
+With an adapter (use_peft) the same accounting runs on the wrapped model (vtt.models.size counts it):
+P parameters in all, T of them trained (the LoRA/DoRA matrices and the full copies of
+lora_modules_to_save), N GPUs, w = 2 bytes a weight under bf16/fp16 (deepspeed 0.19's
+engine._cast_module_mixed_precision casts every float parameter, the adapter too, to that dtype), 4
+under fp32:
+
+    params    = w·P                        / N under ZeRO-3 (zero.Init partitions the frozen weights too)
+    grads     = (2 + 4)·T  (4·T at ZeRO-3) / N under ZeRO-2 and 3     (fp32: 4·T)
+    optimizer = 12·T: fp32 master + Adam's two moments / N under ZeRO-1 to 3   (fp32: 8·T)
+    buffers   = ZeRO-1/2's reduce buckets, as without an adapter (allocated whole); ZeRO-3's gathered
+                layer: w·(largest layer + largest trained layer), a frozen layer having no grads
+
+QLoRA (load_in_4bit): of P, the Q weights of the linear layers that bitsandbytes replaces (as transformers
+picks them: every nn.Linear but lm_head / tied / _keep_in_fp32_modules; vision tower and projector
+included) are held packed, 2 to a byte, with their quantisation state; everything else (embeddings,
+lm_head, norms, biases, the adapter) stays at w bytes:
+
+    params    = (0.5 + 4/64)·Q + w·(P - Q)                       one fp32 absmax per block of 64 weights
+    params    = (0.5 + 1/64 + 4/(64·256))·Q + w·(P - Q)          use_bnb_nested_quant: the absmax in 8 bits,
+                                                                 one fp32 absmax per 256 of those
+    (load_in_8bit: 1·Q + 4·rows + w·(P - Q): int8 weights and one fp32 scale per output row)
+
+plus a 16-value fp32 code per layer (and 256 with nested quantisation): well under 1 MB, left out. These
+are bitsandbytes 0.50's numbers (quantize_4bit's blocksize 64, quantize_blockwise's 256 for the nested
+absmax). Under ZeRO-3 the quantised base is counted whole on every GPU, not partitioned (a warning says
+why: quantised_zero3_warnings). Left out as well: peft's prepare_model_for_kbit_training casts the
+non-quantised parts to fp32 (4 bytes) before DeepSpeed casts them back, a peak at the model's load.
 """
 
 from __future__ import annotations
@@ -8,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vtt.check.rules import Problem
-from vtt.models.size import count_parameters
+from vtt.models.size import AdapterCount, ParameterCount, count_parameters
 
 MEMORY_MARGIN = 0.10  # model states within 10% of the GPU's memory leave no room for activations: warn
 
@@ -20,6 +48,7 @@ class MemoryEstimate:
     model: str
     params: int | None = None
     trained: int | None = None  # fewer than params when part of the model is frozen
+    adapter: str | None = None  # with use_peft: "LoRA r=16", "LoRA r=16 on a 4-bit base"
     largest_layer: int | None = None  # parameters of the biggest single module (ZeRO-3 gathers it whole)
     stage: int = 0
     world: int = 1
@@ -48,6 +77,8 @@ class MemoryEstimate:
         frozen = (
             f" ({self.trained / 1e9:.2f}B trained)" if self.trained is not None and self.trained < self.params else ""
         )
+        if self.adapter:
+            frozen = f" ({self.trained / 1e6:.1f}M trained: {self.adapter})"
         return (
             f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, ZeRO-{self.stage} on {self.world} GPU(s)"
             f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
@@ -86,10 +117,11 @@ def bucket_warnings(written: dict, filled: dict, trained: int) -> list[Problem]:
 
 
 def model_parameters(
-    name: str, trainer: str | None, vision_frozen: bool = False
-) -> tuple[tuple[int, int] | None, Any, str | None]:
-    """((all, trained) parameters, model config, why not) from the model's config alone: built on the
-    meta device, no weights read, no network (a hub id must be in the local cache)."""
+    name: str, trainer: str | None, vision_frozen: bool = False, task: Any = None
+) -> tuple[ParameterCount | None, Any, str | None]:
+    """(parameter counts, model config, why not) from the model's config alone: built on the meta device,
+    no weights read, no network (a hub id must be in the local cache); wrapped with the run's adapter when
+    task.use_peft (vtt.models.size.AdapterError when peft refuses it)."""
     try:
         from transformers import AutoConfig
 
@@ -99,7 +131,7 @@ def model_parameters(
     except Exception as err:  # e.g. ValueError for a model type this transformers does not know
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, None, f"no usable config for {name}: {first[:160]}"
-    return count_parameters(config, trainer, vision_frozen), config, None
+    return count_parameters(config, trainer, vision_frozen, task), config, None
 
 
 def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstimate:
@@ -110,9 +142,11 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
     stages 0-2), the fp32 grads the step reads (4), fp32 master weights and two moments (12); stage 1
     partitions the optimizer states, 2 the grads too, 3 the weights too. What is offloaded leaves the GPU.
 
-    counts: modelsize.ParameterCount; config: the DeepSpeed config with its "auto" values filled.
+    With an adapter, the module docstring's formulas: the same on the wrapped model, and a quantised base.
+
+    counts: vtt.models.size.ParameterCount; config: the DeepSpeed config with its "auto" values filled.
     """
-    params, trained, largest = counts
+    params, trained, largest, adapter, largest_trained = counts
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0) if isinstance(zero.get("stage", 0), int) else 0
     off_opt = (zero.get("offload_optimizer") or {}).get("device") or "none"
@@ -120,11 +154,15 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
     half = bool(args.bf16 or args.fp16)
     weight = 2 if half else 4
     grad_bytes = (4 if stage >= 3 else 2 + 4) if half else 4
-    params_b = weight * params / (world if stage >= 3 else 1)
+    quantised = adapter is not None and adapter.bits < 16
+    if quantised:  # whole on every GPU at any stage (quantised_zero3_warnings)
+        params_b = quantised_bytes(adapter) + weight * (params - adapter.quantised)
+    else:
+        params_b = weight * params / (world if stage >= 3 else 1)
     grads_b = grad_bytes * trained / (world if stage >= 2 else 1)
     optim_b = (12 if half else 8) * trained / (world if stage >= 1 else 1)
-    if stage >= 3:  # each layer's full weights and grads while it runs
-        buffers_b = 2 * weight * largest
+    if stage >= 3:  # each layer's full weights and grads while it runs (a frozen layer has no grads)
+        buffers_b = weight * (largest + (largest if largest_trained is None else largest_trained))
     elif stage >= 1:  # reduce buckets: two when communication overlaps the backward pass
         # allocated whole, however small the model
         buffers_b = weight * reduce_bucket(zero) * (2 if zero.get("overlap_comm") else 1)
@@ -132,12 +170,13 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
         buffers_b = 0.0
     if off_opt != "none" and stage >= 1:  # ZeRO-Offload: the fp32 optimizer step, and the grads it needs, on the CPU
         optim_b = grads_b = 0.0
-    if off_par != "none" and stage >= 3:
+    if off_par != "none" and stage >= 3 and not quantised:  # bitsandbytes' weights stay on their GPU
         params_b = 0.0
     return MemoryEstimate(
         model="",
         params=params,
         trained=trained,
+        adapter=adapter_label(adapter),
         largest_layer=largest,
         stage=stage,
         world=world,
@@ -148,6 +187,51 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
         optimizer_gb=optim_b / 1e9,
         buffers_gb=buffers_b / 1e9,
     )
+
+
+# bitsandbytes 0.50: quantize_4bit's blocks of 64 weights, each with an fp32 absmax; nested
+# (compress_statistics), the absmax itself in 8 bits by quantize_blockwise in blocks of 256, each with an fp32 absmax.
+BNB_BLOCK, BNB_NESTED_BLOCK = 64, 256
+
+
+def quantised_bytes(adapter: AdapterCount) -> float:
+    """Bytes of the base's quantised linear weights with their quantisation state (module docstring)."""
+    if adapter.bits == 8:  # Int8Params: int8 weights + SCB, one fp32 scale per output row
+        return adapter.quantised + 4 * adapter.quantised_rows
+    absmax = 1 / BNB_BLOCK + 4 / (BNB_BLOCK * BNB_NESTED_BLOCK) if adapter.nested else 4 / BNB_BLOCK
+    return (0.5 + absmax) * adapter.quantised
+
+
+def adapter_label(adapter: AdapterCount | None) -> str | None:
+    if adapter is None:
+        return None
+    base = f" on a {adapter.bits}-bit base" if adapter.bits < 16 else ""
+    return f"{adapter.method} r={adapter.r}{base}"
+
+
+def quantised_zero3_warnings(counts: ParameterCount, filled: dict, task: Any) -> list[Problem]:
+    """QLoRA (load_in_4bit/8bit) under ZeRO-3: the estimate does not partition the quantised base, and why."""
+    adapter = counts.adapter
+    stage = (filled.get("zero_optimization") or {}).get("stage")
+    if adapter is None or adapter.bits == 16 or stage != 3:
+        return []
+    storage = getattr(task, "bnb_4bit_quant_storage", None)
+    # transformers 5.24.0 modeling_utils.py:1435 and get_init_context: no zero.Init for a quantised model.
+    detail = (
+        f"load_in_{adapter.bits}bit: the estimate counts the quantised base whole on every GPU, not partitioned: "
+        "transformers loads a quantised model without deepspeed.zero.Init (every process puts all of it on its "
+        "GPU), and bitsandbytes' quantisation state (absmax) is no parameter for ZeRO-3 to partition"
+    )
+    if adapter.bits == 4 and storage not in ("bfloat16", "float16", "float32"):
+        detail += (
+            f"; bnb_4bit_quant_storage is {storage or 'unset (uint8)'}: PEFT's ZeRO-3 QLoRA recipe sets it to "
+            "bfloat16 (and loads the model in it) for ZeRO-3 to handle the packed weights at all"
+        )
+    fix = (
+        "use ZeRO-2 (deepspeed/zero2.json), which never partitions a frozen base and costs a LoRA run little, "
+        "or drop load_in_4bit to have ZeRO-3 partition a 16-bit base"
+    )
+    return [Problem("zero_optimization.stage", stage, None, fix, "vtt", detail)]
 
 
 def memory_problems(memory: MemoryEstimate) -> tuple[list[Problem], list[Problem]]:
