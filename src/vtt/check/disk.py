@@ -2,7 +2,7 @@
 
     needs = estimate(run, training, "llava")     # what the run will write, per folder
     check_fits(needs)                            # ValueError with the numbers and the fix (`vtt check`)
-    check_space(run, training, "llava")          # the trainers' start: every rank exits 28 when it cannot fit
+    check_space(run, training, "llava", task)    # the trainers' start: every rank exits 28 when it cannot fit
     SaveGuard()                                  # a TrainerCallback: skips a save that would not fit and stops
 
 Exit code 28 (ENOSPC's errno) means "stopped for lack of disk space": the last complete checkpoint
@@ -12,6 +12,11 @@ The estimate counts the parameters from the model config on the meta device (no 
 a checkpoint holds the weights (2 bytes a parameter under DeepSpeed with bf16/fp16, else 4), under
 ZeRO-1/2 a second copy of them in DeepSpeed's module states, and the optimizer states: 12 bytes a
 parameter under DeepSpeed (fp32 master weights + Adam's two moments), 8 without (Adam's moments).
+
+An adapter run (use_peft, `task` given) saves its adapter only, T trainable parameters (vtt.models.size:
+the LoRA matrices and the full copies of lora_modules_to_save): a checkpoint holds adapter_model.safetensors
+(T x the weight bytes), the optimizer states of T (12 or 8 bytes each), and under ZeRO-1/2 DeepSpeed's
+module states of T again; the final model is adapter_model.safetensors alone, not the base's weights.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from transformers import TrainerCallback
 from vtt import collective
 from vtt.exits import Exit
 from vtt.files import checkpoints, complete_checkpoints, size
-from vtt.models.size import parameter_count
+from vtt.models.size import parameter_counts
 
 GB = 1e9
 # Room kept beyond a measured checkpoint: trainer_state.json, logs and rounding of file system blocks.
@@ -59,25 +64,37 @@ def small_files(model_name_or_path: str) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.suffix not in WEIGHT_SUFFIXES)
 
 
-def checkpoint_bytes(params: int, training, extra: int = 0) -> tuple[int, int, str]:
+def checkpoint_bytes(params: int, training, extra: int = 0, adapter: int | None = None) -> tuple[int, int, str]:
     """(checkpoint, final model, breakdown) in bytes for `params` parameters under these arguments.
 
     `extra`: the model's small files (small_files()), saved with every checkpoint and the final model.
+    `adapter`: the trainable parameters of an adapter run (use_peft): only they are saved, in the checkpoints
+    and in the final model (adapter_model.safetensors).
     """
     deepspeed = training.deepspeed
     half = training.bf16 or training.fp16
-    weights = params * (2 if deepspeed and half else 4)
+    saved = params if adapter is None else adapter
+    # DeepSpeed casts the whole module to bf16/fp16, the adapter too; without it peft keeps the adapter in fp32
+    # (get_peft_model's autocast_adapter_dtype), and the Trainer a full model as loaded.
+    weights = saved * (2 if deepspeed and half else 4)
     stage = 0
     if deepspeed:
         config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
         stage = config.get("zero_optimization", {}).get("stage", 0)
-    parts = [f"{size(weights)} weights"]
+    what = "weights" if adapter is None else "adapter weights (adapter_model.safetensors)"
+    parts = [f"{size(weights)} {what}"]
     total = weights
     if not training.save_only_model:
-        optimizer = params * (12 if deepspeed else 8)
+        optimizer = saved * (12 if deepspeed else 8)
         total += optimizer
         parts.append(f"{size(optimizer)} optimizer states ({12 if deepspeed else 8} bytes/param)")
         if deepspeed and stage < 3:
+            # mp_rank_00_model_states.pt holds the engine's module_state_dict. For a PeftModel the Trainer asks for
+            # the trained parameters only: transformers 5.24.0 trainer.py:3558-3559 (_save_optimizer_and_scheduler)
+            # calls save_checkpoint(output_dir, exclude_frozen_parameters=True), and deepspeed 0.19.8
+            # engine.py:4012-4015 (module_state_dict) deletes every parameter with requires_grad False (and
+            # engine.py:5383 saves no frozen fragments then). Without an adapter it holds every parameter.
+            # Under ZeRO-3 it holds placeholders only.
             total += weights
             parts.append(f"{size(weights)} DeepSpeed module states")
     total += extra + SCRIPTS_AND_STATES
@@ -102,12 +119,24 @@ def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def estimate(run, training, trainer: str) -> list[Need]:
-    """What the run will write: checkpoints + final model in output_dir, model download, dataset cache."""
+def model_bytes(run, training, trainer: str, task=None) -> tuple[int, int, int, str]:
+    """(parameters of the base model, checkpoint, final model, breakdown) for the run; with task.use_peft an
+    adapter run's (the Trainer saves a PeftModel with PeftModel.save_pretrained: adapter_model.safetensors
+    holding the adapter and the lora_modules_to_save copies, transformers 5.24.0 trainer.py:4166)."""
+    counts = parameter_counts(run.model_name_or_path, trainer, task)
+    params = counts.total if counts.adapter is None else counts.total - counts.trained  # the base's own
+    adapter = counts.trained if counts.adapter is not None else None
+    checkpoint, final, breakdown = checkpoint_bytes(params, training, small_files(run.model_name_or_path), adapter)
+    return params, checkpoint, final, breakdown
+
+
+def estimate(run, training, trainer: str, task=None) -> list[Need]:
+    """What the run will write: checkpoints + final model in output_dir, model download, dataset cache.
+
+    task: the trainer's arguments; with use_peft the checkpoints and final model are the adapter's."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    params = parameter_count(run.model_name_or_path, trainer)
-    checkpoint, final, breakdown = checkpoint_bytes(params, training, small_files(run.model_name_or_path))
+    params, checkpoint, final, breakdown = model_bytes(run, training, trainer, task)
     output_dir = Path(training.output_dir)
     saves, limit = _saves(training), training.save_total_limit
     if saves == 0:
@@ -170,9 +199,9 @@ def check_fits(needs: list[Need]) -> None:
         )
 
 
-def check_space(run, training, trainer: str) -> None:
+def check_space(run, training, trainer: str, task=None) -> None:
     """At a trainer's start: every rank checks the file systems it sees; all exit 28 if one cannot fit."""
-    needs = collective.from_rank0(lambda: estimate(run, training, trainer))
+    needs = collective.from_rank0(lambda: estimate(run, training, trainer, task))
     try:
         check_fits(needs)
         problem = None
@@ -247,10 +276,9 @@ class SaveGuard(TrainerCallback):
             raise SystemExit(Exit.DISK_FULL)
 
 
-def guard_for(run, training, trainer: str) -> SaveGuard:
+def guard_for(run, training, trainer: str, task=None) -> SaveGuard:
     """A SaveGuard sized from the estimate (used until the first checkpoint can be measured)."""
-    params = collective.from_rank0(lambda: parameter_count(run.model_name_or_path, trainer))
-    checkpoint, final, _ = checkpoint_bytes(params, training, small_files(run.model_name_or_path))
+    _, checkpoint, final, _ = collective.from_rank0(lambda: model_bytes(run, training, trainer, task))
     return SaveGuard(checkpoint, final, training.save_total_limit)
 
 
