@@ -64,10 +64,13 @@ def lora_config(task: Any, model: Any, trainer: str):
     return config
 
 
-def quantization_config(task: Any):
-    """TRL's BitsAndBytesConfig for load_in_4bit / load_in_8bit (None without them); a ValueError off CUDA."""
+def quantization_config(task: Any, training: Any):
+    """TRL's BitsAndBytesConfig for load_in_4bit / load_in_8bit (None without them), computing in the training's
+    precision; a ValueError off CUDA, or for both at once."""
     if not (task.load_in_4bit or task.load_in_8bit):
         return None
+    if task.load_in_4bit and task.load_in_8bit:
+        raise ValueError("load_in_4bit and load_in_8bit are both set: choose one (4-bit is QLoRA)")
     import torch
 
     if not torch.cuda.is_available():
@@ -78,14 +81,19 @@ def quantization_config(task: Any):
         )
     if not task.use_peft:
         raise ValueError("load_in_4bit/load_in_8bit train only adapters: set use_peft: true (QLoRA)")
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
     from trl import get_quantization_config
 
-    return get_quantization_config(task)
+    # TRL takes the compute dtype from ModelConfig.dtype, which vtt's run config leaves to bf16/fp16.
+    dtype = "bfloat16" if training.bf16 else "float16" if training.fp16 else "float32"
+    return get_quantization_config(SimpleNamespace(**asdict(task), dtype=dtype))
 
 
-def load_options(task: Any) -> dict[str, Any]:
+def load_options(task: Any, training: Any) -> dict[str, Any]:
     """Extra from_pretrained options: the quantisation config and its device map (one GPU per process)."""
-    quantization = quantization_config(task)
+    quantization = quantization_config(task, training)
     if quantization is None:
         return {}
     from trl import get_kbit_device_map
@@ -126,12 +134,9 @@ def saved_adapter_problems(folder: str | Path, trained: dict[str, Any]) -> list[
 
 
 def trainable_summary(model: Any) -> str:
-    """`trainable 1,234 of 5,678 parameters (21.7%)`, counting ZeRO-3's partitioned parameters whole."""
-    trainable = total = 0
-    for param in model.parameters():
-        count = getattr(param, "ds_numel", None) or param.numel()
-        total += count
-        trainable += count if param.requires_grad else 0
+    """`trainable 1,234 of 5,678 parameters (21.7%)`, as peft counts them (ZeRO-3's partitions and 4-bit packed
+    weights whole)."""
+    trainable, total = model.get_nb_trainable_parameters()
     return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
 
 

@@ -70,23 +70,23 @@ def start(argv: list[str] | None, trainer: str) -> StartedRun:
     check_at_start(command)  # offline node: list what the cache lacks now, not after a failed load
     stopper = StopOnSignal()  # first: a signal during the model load stops the run at its first step
     run, task, training = parse_run_config(command)
-    load = load_options(task)  # QLoRA off CUDA stops here, before the process group and any weight
+    load = load_options(task, training)  # QLoRA off CUDA stops here, before the process group and any weight
     start_process_group(training)
     # Before any weight loads: a bad Hub token or a disk too small fails now, not after hours of training.
     push = hub.plan_model_push(command, run, training, trainer)
-    disk.check_space(run, training, trainer)
+    disk.check_space(run, training, trainer, task)
     claim_output_dir(run, training)  # after the checks that refuse a run: a refused run leaves no folder behind
-    guard = disk.guard_for(run, training, trainer)
+    guard = disk.guard_for(run, training, trainer, task)
     # The Trainer's rotation runs before a new checkpoint is complete: CompleteCheckpoints applies the limit.
     keep, training.save_total_limit = training.save_total_limit, None
     return StartedRun(trainer, run, task, training, stopper, guard, push, keep, load)
 
 
-def load_options(task: Any) -> dict[str, Any]:
+def load_options(task: Any, training: Any) -> dict[str, Any]:
     """from_pretrained's extra options for the run's adapter settings; exits 2 (bad input) where they cannot run,
     as QLoRA cannot without a GPU, before any weight loads."""
     try:
-        return adapters.load_options(task)
+        return adapters.load_options(task, training)
     except ValueError as err:
         if collective.is_rank0():
             print(f"vtt run: error: {err}", file=sys.stderr, flush=True)
