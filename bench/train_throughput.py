@@ -1,16 +1,33 @@
 """GPU benchmark: vtt's trainers against the seed approach, side by side on the same card.
 
-    python bench/train_throughput.py --arch llava-0.5b --steps 25 --seed-script .gpu/seed_baseline.py \
+    python bench/train_throughput.py --arch llava-0.5b --steps 25 --seed-script bench/seed_baseline.py \
         --variant "vtt=--per_device_train_batch_size 8" --variant "gc=--activation_checkpointing true"
 
 Builds the architecture from its config with random weights (vtt.models.tiny), writes synthetic 384 px videos
 and a manifest whose questions and answers are as long as the seed baseline's (12 and 40 words), then
 runs, in this one invocation:
-  - the seed approach (../shared/bench/seed_baseline.py, copied beside this file for GPU runs);
+  - the seed approach (bench/seed_baseline.py);
   - each vtt variant: `vtt run --config jobs/<trainer>.yaml` with the variant's overrides, through
     vtt's own launcher, data path and trainer, reading the trainer's throughput.json.
 Prints one RESULT json line per run and a table; MFU uses the seed's FLOP count (6·N·tokens plus
-attention, for the language model and the vision tower, over 989 TFLOP/s).
+attention, for the language model and the vision tower, over 989 TFLOP/s); `mfu_6n` beside it counts
+6·N·tokens over ALL N parameters of the model (language model, vision tower, projector), as NeMo
+Automodel's LoRA/QLoRA tables do, whatever trains.
+
+An adapter run on one GPU, and QLoRA held to a 24 GB card's memory:
+
+    python bench/train_throughput.py --arch llava-7b --steps 15 --config jobs/llava-7b-lora.yaml --variant "lora="
+    python bench/train_throughput.py --arch llava-7b --steps 15 --config jobs/llava-7b-qlora.yaml \
+        --variant "qlora=" --memory-cap-gb 24
+
+`--memory-cap-gb` holds each trainer process to that many GiB of the GPU's memory through
+`torch.cuda.set_per_process_memory_fraction` (PyTorch's allocator raises out-of-memory past it; the CUDA
+context and libraries' own allocations are outside it): the bench writes a `sitecustomize.py` into its
+work folder and puts that folder first on the trainers' PYTHONPATH; it acts only in the processes the
+DeepSpeed launcher starts (LOCAL_RANK set), and runs any other sitecustomize after it.
+`--patch-qlora-load` (a stand-in for a fix in vtt, off by default) gives those processes what
+vtt.models.adapters' QLoRA load needs from TRL 1.16 and does not find, `trl.get_kbit_device_map`
+(see bench/RESULTS.md, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -90,6 +107,76 @@ def write_data(work: Path, samples: int, clips: int, size: int, trainer: str) ->
     return manifest
 
 
+HOOKS = '''"""Written by bench/train_throughput.py: acts in the trainer processes only (LOCAL_RANK set by DeepSpeed's
+launcher), then runs the sitecustomize this one shadows, if any."""
+import os
+import sys
+
+
+def _bench_hooks():
+    if "LOCAL_RANK" not in os.environ:
+        return
+    device = int(os.environ["LOCAL_RANK"])
+    cap = os.environ.get("VTT_BENCH_MEMORY_CAP_GB")
+    if cap:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("vtt bench: no CUDA device: the memory cap does not apply", file=sys.stderr)
+            cap = None
+    if cap:
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction = float(cap) * 2**30 / total
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        print(f"vtt bench: memory cap {cap} GiB of {total / 2**30:.1f} GiB (fraction {fraction:.4f})", file=sys.stderr)
+    dtype = os.environ.get("VTT_BENCH_QLORA_PATCH")
+    if dtype:
+        # vtt.models.adapters imports trl.get_kbit_device_map, which TRL 1.16 no longer has (TRL's old one:
+        # this process's GPU for the whole model); and before vtt ea6afd1 it asked TRL's get_quantization_config
+        # for a ModelConfig.dtype its task has not. Give it both where missing, as a fix in vtt would.
+        import trl
+        from vtt.models import adapters
+
+        if not hasattr(trl, "get_kbit_device_map"):
+            trl.get_kbit_device_map = lambda: {"": device}
+        original = adapters.quantization_config
+
+        def quantization_config(task, *training):
+            if not training and not hasattr(task, "dtype"):  # vtt before ea6afd1: no compute dtype
+                task.dtype = dtype  # the 4-bit layers' compute dtype: the run's bf16
+            return original(task, *training)
+
+        adapters.quantization_config = quantization_config
+        print(f"vtt bench: QLoRA load patched (compute dtype {dtype}, device map {{'': {device}}})", file=sys.stderr)
+
+
+_bench_hooks()
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = __import__("importlib.machinery").machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _spec is not None and _spec.loader is not None:
+    _module = __import__("importlib.util").util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
+'''
+
+
+def trainer_env(args, work: Path) -> dict | None:
+    """The environment of `vtt run` for --memory-cap-gb / --patch-qlora-load (None: this process's as it is)."""
+    if not (args.memory_cap_gb or args.patch_qlora_load):
+        return None
+    hooks = work / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(HOOKS)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hooks), env.get("PYTHONPATH")) if p)
+    if args.memory_cap_gb:
+        env["VTT_BENCH_MEMORY_CAP_GB"] = str(args.memory_cap_gb)
+    if args.patch_qlora_load:
+        env["VTT_BENCH_QLORA_PATCH"] = "bfloat16"
+    return env
+
+
 def run_logged(command: list[str], log: Path, env: dict | None = None) -> tuple[int, str, float]:
     start = time.time()
     with log.open("w") as sink:
@@ -130,17 +217,24 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
             micro = read_yaml(ROOT / command[1]).get("per_device_train_batch_size", 1)
         overrides_list += ["--global_batch_size", str(micro * args.gpus)]
     code, text, wall = run_logged(
-        [sys.executable, "-m", "vtt.cli", "run", *command, *overrides_list], work / f"{name}.log"
+        [sys.executable, "-m", "vtt.cli", "run", *command, *overrides_list],
+        work / f"{name}.log",
+        trainer_env(args, work),
     )
     summary_file = out / "throughput.json"
+    settings = {"config": command[1], "memory_cap_gb": args.memory_cap_gb, "patched_qlora_load": args.patch_qlora_load}
     if code or not summary_file.exists():
-        return {"name": name, "error": f"exit {code}", "tail": text[-2500:]}
+        return {"name": name, "args": overrides, **settings, "error": f"exit {code}", "tail": text[-2500:]}
     result = json.loads(summary_file.read_text())
     tokens = result.get("tokens_per_second_per_gpu", 0.0)
     task = json.loads((out / "vtt-run.json").read_text())["task"]
     result["freeze_vision_tower"] = task.get("freeze_vision_tower", False)
     flops_per_token = per_sample(result)
     result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
+    result.update(settings, mfu_6n=round(tokens * 6 * args.params / PEAK_FLOPS, 4), params=args.params)
+    trained = re.findall(r"vtt adapters: trainable ([\d,]+) of ([\d,]+) parameters", text)
+    if trained:
+        result["adapter_trainable"], result["adapter_total"] = (int(n.replace(",", "")) for n in trained[-1])
     result["check_model_states_gb"] = check_estimate([*command, *overrides_list])
     return result
 
@@ -176,6 +270,14 @@ def main() -> None:
         help="vtt's runs decode the clips on the fly, or read a dataset `vtt prepare` wrote first",
     )
     parser.add_argument("--out", type=Path, help="append RESULT lines to this file")
+    parser.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        help="hold each vtt trainer process to this many GiB of GPU memory (24: a 24 GB card)",
+    )
+    parser.add_argument(
+        "--patch-qlora-load", action="store_true", help="give vtt's QLoRA load what TRL 1.16 lacks (see the docstring)"
+    )
     args = parser.parse_args()
     args.trainer = "seq2seq" if args.arch.startswith("nllb") else "llava"
 
@@ -199,6 +301,7 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the runs that follow start their own processes on this GPU
     config = AutoConfig.from_pretrained(model)
+    args.params = all_parameters(config, args.trainer)
     samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
     manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
     dataset = manifest if args.data == "videos" else prepare(work, manifest, model, args)
@@ -229,15 +332,16 @@ def main() -> None:
         record({**run_vtt(args, work, name, overrides, model, dataset, flops_per_token), "data": args.data})
     print(f"\n{args.arch} on {gpu_name()} ({args.gpus} GPU):")
     print(
-        f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'peak GB':>8s} {'data wait':>9s} {'1st step s':>10s}"
-        f" {'states GB':>9s} {'check GB':>8s}"  # the model states' peak (optimizer step) and vtt check's estimate
+        f"{'run':14s} {'tokens/s/GPU':>12s} {'MFU':>7s} {'MFU 6N':>7s} {'peak GB':>8s} {'data wait':>9s}"
+        # the model states' peak (optimizer step) and vtt check's estimate
+        f" {'1st step s':>10s} {'states GB':>9s} {'check GB':>8s}"
     )
     for r in results:
         tokens = r.get("tokens_per_s_per_gpu", r.get("tokens_per_second_per_gpu", 0))
         wait = r.get("data_wait_share")
         peak = r.get("peak_mem_gb") or r.get("peak_memory_gb") or 0
         print(
-            f"{r['name']:14s} {tokens:12,.0f} {r.get('mfu', 0):7.1%} {peak:8.1f}"
+            f"{r['name']:14s} {tokens:12,.0f} {r.get('mfu', 0):7.1%} {r.get('mfu_6n', 0):7.1%} {peak:8.1f}"
             f" {'' if wait is None else f'{wait:.1%}':>9s} {r.get('first_step_s', r.get('setup_s', '')):>10}"
             f" {r.get('model_states_peak_gb', ''):>9} {r.get('check_model_states_gb') or '':>8}"
             + (f"  ERROR {r['error']}" if "error" in r else "")
@@ -270,6 +374,13 @@ def sequence_length(model: Path, manifest: Path, frames: int) -> int:
     example = llava_example(sample, sample_frames(sample.video, frames))
     text = processor.apply_chat_template(example["prompt"] + example["completion"])
     return int(processor(text=[text], images=[example["images"]], return_tensors="pt")["input_ids"].shape[1])
+
+
+def all_parameters(config, trainer: str) -> int:
+    """Every parameter of the model the trainer builds from `config` (meta device: no weights), adapter aside."""
+    from vtt.models.size import count_parameters
+
+    return count_parameters(config, trainer)[0]
 
 
 def gpu_name() -> str:

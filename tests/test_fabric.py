@@ -1,7 +1,7 @@
 """vtt.cluster.fabric: the all-reduce self-test under the launchers jobs use (gloo on CPU here), and its verdicts.
 
 The NCCL log read here (tests/data/nccl-h100-socket.log) is an excerpt of the one NCCL 2.28.9 wrote when
-vtt.cluster.fabric ran on a 2x H100 host without InfiniBand (README, "What ran where").
+vtt.cluster.fabric ran on a 2x H100 host without InfiniBand (docs/clusters.md, "What ran where").
 """
 
 from __future__ import annotations

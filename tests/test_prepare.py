@@ -43,8 +43,8 @@ def mixed_manifest(demo_inputs, flaky, tmp_path):
         {"video": "clip003.mp4", "question": q, "caption": a, "tags": ["x"]},
         {"video": "h264.mp4", "question": q, "answer": a},
         {"video": f"{flaky.url}/remote.mp4", "question": q, "answer": a},
-        {"video": "missing.mp4", "question": q, "answer": a},
-        {"video": "text.mp4", "question": q, "answer": a},
+        {"video": "missing.mp4", "question": q, "answer": a, "id": "clip-missing"},
+        {"video": "text.mp4", "question": q, "answer": a, "id": "clip-text"},
         {"video": "clip000.mp4", "question": q},
         {"video": f"http://127.0.0.1:{closed_port()}/gone.mp4", "question": q, "answer": a},
     ]
@@ -69,6 +69,7 @@ def test_prepare_writes_llava_rows_skips_bad_samples_and_exits_1_over_the_ratio(
     assert sorted(rejects) == [7, 8, 9, 10]
     assert "no such file" in rejects[7]["reason"] and rejects[7]["video"].endswith("missing.mp4")
     assert "cannot open" in rejects[8]["reason"]
+    assert (rejects[7]["id"], rejects[8]["id"], rejects[9]["id"]) == ("clip-missing", "clip-text", "")  # as written
     assert "missing answer" in rejects[9]["reason"]
     assert rejects[10]["reason"].startswith("download failed")
     summary = capsys.readouterr().out

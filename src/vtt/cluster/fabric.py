@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 4 -m vtt.cluster.fabric [--expect-infiniband] [--sizes-mb 16 256]
     make nccl-check GPUS=2                        # here, with torchrun
-    make nccl-check CLUSTER=x NODES=2             # in a Slurm job, inside the image (see README)
+    make nccl-check CLUSTER=x NODES=2             # in a Slurm job, inside the image (docs/clusters.md)
 
 Bandwidth is reported as nccl-tests does: algbw = bytes / time, busbw = algbw x 2(n-1)/n for an
 all-reduce over n ranks, the time being the slowest rank's. On GPUs NCCL runs with NCCL_DEBUG=INFO

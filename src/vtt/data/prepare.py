@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from vtt.data.datasets import Reject, Sample, frame_size, llava_example, manifest_entries, seq2seq_source
+from vtt.data.datasets import Reject, Sample, frame_size, llava_example, manifest_entries, own_id, seq2seq_source
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
 from vtt.data.manifest import local_videos
 from vtt.data.video import Sampling, VideoError, read_frames
@@ -158,7 +158,7 @@ def llava_rows(
                     f"{length} tokens ({len(row['images'])} frames + text) is over max_length={args.max_length}; "
                     "fewer --frames or a smaller --size fit, truncating would cut through image tokens"
                 )
-                rejects.append(Reject(sample.line, sample.video, reason, "over max_length"))
+                rejects.append(Reject(sample.line, sample.video, reason, "over max_length", own_id(sample)))
                 continue
             lengths.append(length)
         rows.append(row)
@@ -245,7 +245,7 @@ def decode_all(
                     if error is None:
                         done[line] = todo[line]
                     else:
-                        rejects.append(Reject(line, local[line].video, *error))
+                        rejects.append(Reject(line, local[line].video, *error, own_id(local[line])))
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # else every clip queued would still be decoded first
                 raise
