@@ -60,6 +60,19 @@ render: setup ## write a job script under jobs/rendered/, print its path: make r
 
 submit: setup ## render and sbatch it, print the job id and log: make submit CLUSTER=ci TRAINER=llava GPUS=4 [NODES=2]
 	@$(VTT) submit --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(ARGS)
+
+# Sweeps: one job array over GRID's product (space-separated name=v1,v2 items), at most PARALLEL tasks at once.
+GRID     ?=
+PARALLEL ?=
+.PHONY: sweep chain
+sweep: export PATH := $(abspath $(VENV))/bin:$(PATH)
+sweep: setup ## one job array over GRID, a folder per task: make sweep CLUSTER=ci TRAINER=tiny-seq2seq GPUS=1 GRID="learning_rate=1e-3,3e-3 seed=1,2" [PARALLEL=2]
+	@$(VTT) sweep --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) $(foreach item,$(GRID),--grid $(item)) $(if $(PARALLEL),--max-parallel $(PARALLEL)) $(ARGS)
+
+# Chains: train, then eval on DATA, then the report, each job starting when the one before completed.
+chain: export PATH := $(abspath $(VENV))/bin:$(PATH)
+chain: setup ## train -> eval -> report as dependent jobs, prints their ids: make chain CLUSTER=ci TRAINER=tiny-seq2seq GPUS=1 DATA=held-out.jsonl
+	@$(VTT) chain --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) --eval-data $(DATA) $(ARGS)
 push: setup ## upload a run's final model (or a prepared dataset) to the Hub again: make push RUN=outputs/runs/llava
 	$(VTT) push $(RUN) $(ARGS)
 predict: setup ## answer DATA's questions with the model in RUN, into RUN/predictions.jsonl: make predict RUN=...

@@ -17,6 +17,8 @@ COMMANDS = {
     "check": ("vtt.check.deepspeed", "check a DeepSpeed file against the training arguments and the GPU count"),
     "render": ("vtt.cluster.jobs", "check a run config on a cluster profile and write its job script"),
     "submit": ("vtt.cluster.jobs", "render a job script and submit it with sbatch; prints the job id and log"),
+    "sweep": ("vtt.cluster.sweep", "submit one Slurm job array over a grid of training arguments, a folder per task"),
+    "chain": ("vtt.cluster.chain", "submit train -> eval -> report as dependent Slurm jobs; prints their job ids"),
     "stage": ("vtt.cluster.stage", "download what a run config names into the HF cache, for offline compute nodes"),
     "push": ("vtt.after.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
     "predict": ("vtt.after.predict", "answer questions about videos with a trained model, written as JSONL"),

@@ -1,10 +1,11 @@
 """Cluster jobs: check, render and submit a run config on a cluster profile (`vtt render`, `vtt submit`).
 
     vtt render --cluster ci --config jobs/tiny-llava.yaml --gpus 2 [--nodes 2] [-o FILE] [--name value ...]
-    vtt submit --cluster ci --config jobs/tiny-llava.yaml --gpus 2 [--nodes 2] [--name value ...]
+    vtt submit --cluster ci --config jobs/tiny-llava.yaml --gpus 2 [--nodes 2] [--after JOBID[:JOBID]] [--name v ...]
 
 `preflight()` is the one place that validates a job before it is rendered, submitted or run here. One
 Jinja2 template (job.sh.j2, beside this module) renders every profile; every value in it is shell-quoted.
+A job array (`vtt sweep`, vtt.cluster.sweep) is the same template with its Array block.
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ ENV_REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z
 
 
 @dataclass
+class Array:
+    """A job array: task i of `tasks` adds the training arguments of row i of `table` (vtt.cluster.sweep)."""
+
+    tasks: int
+    table: str  # the TSV beside the script: a header of argument names, then one row per task
+    max_parallel: int | None = None  # sbatch --array=0-(n-1)%K: at most K tasks at once
+    command: list[str] = field(default_factory=list)  # the command that renders it, for the script's header
+
+    @property
+    def directive(self) -> str:
+        return f"0-{self.tasks - 1}" + (f"%{self.max_parallel}" if self.max_parallel else "")
+
+
+@dataclass
 class Job:
     """A checked job: what the template needs besides the profile."""
 
@@ -39,6 +54,7 @@ class Job:
     trainer: str
     overrides: list[str] = field(default_factory=list)
     module: str | None = None  # run this instead of the trainer (vtt.cluster.fabric for `make nccl-check`)
+    array: Array | None = None  # a sweep's tasks (vtt.cluster.sweep)
 
     @property
     def name(self) -> str:
@@ -46,7 +62,13 @@ class Job:
 
     @property
     def script_name(self) -> str:
-        return f"{self.profile.name}-{Path(self.config).stem}-{self.nodes}x{self.gpus}.sh"
+        kind = "-sweep" if self.array else ""
+        return f"{self.profile.name}-{Path(self.config).stem}{kind}-{self.nodes}x{self.gpus}.sh"
+
+    def log(self, job_id: str, task: int | None = None) -> Path:
+        """Slurm's log of the job (--output %x-%j.out), or of one array task (%x-%A_%a.out)."""
+        name = f"{self.name}-{job_id}" + (f"_{task}" if task is not None else "")
+        return Path(self.profile.log_dir) / f"{name}.out"
 
 
 class Shell(str):
@@ -175,6 +197,8 @@ def render(job: Job) -> str:
     docker_env += list(profile.env)
     render_command = ["vtt", "render", "--cluster", profile.path, "--config", job.config, "--gpus", str(job.gpus)]
     render_command += ["--nodes", str(job.nodes), *job.overrides]
+    if job.array:
+        render_command = job.array.command
     context = {
         "job_name": job.name,
         "trainer": job.trainer,
@@ -188,6 +212,9 @@ def render(job: Job) -> str:
         "version": __version__,
         "render_command": Shell(shlex.join(render_command)),
         "slurm": slurm,
+        "array": job.array,
+        "array_directive": Shell(job.array.directive) if job.array else None,
+        "array_table": job.array.table if job.array else None,
         "log_dir": profile.log_dir,
         "gpu_request": gpu_request,
         "cpus_per_task": profile.cpus_per_gpu * job.gpus if profile.cpus_per_gpu else None,
@@ -216,8 +243,18 @@ def write_script(text: str, out: Path) -> Path:
     return write_atomically(out, text, mode=0o755)
 
 
-def submit(job: Job, script: Path) -> tuple[str, Path]:
-    """`sbatch --parsable script`; returns (job id, log path). Errors carry sbatch's own message."""
+def dependency(after: list[str] | tuple = ()) -> list[str]:
+    """sbatch's options that start a job only after `after` (job ids) all completed: a failed one cancels it
+    (--kill-on-invalid-dep) instead of leaving it pending forever (DependencyNeverSatisfied)."""
+    for job_id in after:
+        if not re.fullmatch(r"\d+(_\d+)?", job_id):
+            raise ValueError(f"--after {':'.join(after)}: {job_id!r} is not a Slurm job id (digits, or ARRAY_TASK)")
+    return [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
+
+
+def submit(job: Job, script: Path, after: list[str] | tuple = ()) -> tuple[str, Path]:
+    """`sbatch --parsable script`, after the jobs `after` completed; returns (job id, log path; an array's: the
+    log of task 0). Errors carry sbatch's own message."""
     if job.profile.scheduler != "slurm":
         raise ValueError(
             f"{job.profile.path}: scheduler is {job.profile.scheduler}, not slurm: run it here with "
@@ -229,27 +266,40 @@ def submit(job: Job, script: Path) -> tuple[str, Path]:
             f"sbatch is not on PATH: submit from a login node of the cluster ({job.profile.path}), or copy the "
             f"rendered script there and run `sbatch {script}`"
         )
-    log_dir = Path(job.profile.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)  # Slurm fails the job silently when --output's folder is missing
-    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True)
+    options = dependency(after)
+    Path(job.profile.log_dir).mkdir(parents=True, exist_ok=True)  # Slurm fails the job silently without it
+    done = subprocess.run([sbatch, "--parsable", *options, str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip()
         raise ValueError(f"sbatch rejected {script} (profile {job.profile.path}): {message}")
     job_id = done.stdout.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
-    return job_id, log_dir / f"{job.name}-{job_id}.out"
+    return job_id, job.log(job_id, 0 if job.array else None)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every job command asks: render, submit, sweep and chain."""
     parser.add_argument("--cluster", required=True, help="a profile name (ci) or file (jobs/clusters/ci.yaml)")
     parser.add_argument("--config", required=True, help="run config, e.g. jobs/tiny-llava.yaml")
     parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
     parser.add_argument("--nodes", type=int, help="nodes (default: the profile's nodes)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_job_arguments(parser)
     parser.add_argument(
         "--module", choices=["vtt.cluster.fabric"], help="run this module on the job's GPUs instead of the trainer"
     )
     parser.add_argument(
         "-o", "--out", type=Path, help="write the script here (a folder/ gets a generated name); render: stdout"
     )
+    if parser.prog.endswith(" submit"):
+        parser.add_argument(
+            "--after",
+            type=lambda text: text.split(":"),
+            default=[],
+            metavar="JOBID[:JOBID]",
+            help="start when these jobs completed (sbatch --dependency=afterok); a failed one cancels this job",
+        )
 
 
 def _out_path(job: Job, out: Path | None) -> Path:
@@ -272,7 +322,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "render":
         print(script)
         return 0
-    job_id, log = submit(job, script)
+    job_id, log = submit(job, script, args.after)
     print(f"submitted job {job_id} ({job.name}, {job.nodes} node(s) x {job.gpus} GPU(s)) from {script}")
     print(f"log:    {log}")
     print(f"follow: squeue -j {job_id}; tail -f {log}")
