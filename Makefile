@@ -14,7 +14,7 @@ ARGS    ?=
 DS      ?=
 
 
-.PHONY: help setup system demo test test-fast lint format local check render submit push prepare clean predict eval report image sif push-image stage nccl-check
+.PHONY: help setup system demo test test-fast lint format local check render submit push merge prepare clean predict eval report image sif push-image stage nccl-check
 # Containers: the image is named after the package version, so the SIF and a pushed tag say what they hold.
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= vtt:$(VERSION)
@@ -75,6 +75,8 @@ chain: setup ## train -> eval -> report as dependent jobs, prints their ids: mak
 	@$(VTT) chain --cluster $(CLUSTER) --config $(CONFIG) --gpus $(GPUS) $(NODES_ARG) --eval-data $(DATA) $(ARGS)
 push: setup ## upload a run's final model (or a prepared dataset) to the Hub again: make push RUN=outputs/runs/llava
 	$(VTT) push $(RUN) $(ARGS)
+merge: setup ## merge RUN's adapter (use_peft) into its base, a full model in RUN/merged: make merge RUN=... [ARGS="--out DIR"]
+	$(VTT) merge $(RUN) $(ARGS)
 predict: setup ## answer DATA's questions with the model in RUN, into RUN/predictions.jsonl: make predict RUN=...
 	$(VTT) predict --model $(RUN) --manifest $(DATA) --out $(RUN)/predictions.jsonl $(ARGS)
 

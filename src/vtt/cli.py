@@ -21,6 +21,7 @@ COMMANDS = {
     "chain": ("vtt.cluster.chain", "submit train -> eval -> report as dependent Slurm jobs; prints their job ids"),
     "stage": ("vtt.cluster.stage", "download what a run config names into the HF cache, for offline compute nodes"),
     "push": ("vtt.after.hub", "upload a run's final model or a prepared dataset to the Hub (retries a failed push)"),
+    "merge": ("vtt.after.merge", "merge a run's adapter (use_peft) into its base: a full model, loadable without peft"),
     "predict": ("vtt.after.predict", "answer questions about videos with a trained model, written as JSONL"),
     "eval": ("vtt.after.evaluate", "score a model's answers on held-out data: BLEU, chrF, exact match, length"),
     "report": ("vtt.after.report", "write a run's report.html: loss and learning-rate curves, configs, predictions"),

@@ -6,6 +6,7 @@
 Generates with `vtt.after.predict` (or reads predictions already made), scores them with `vtt.after.metrics`,
 prints a table and writes MODEL/eval_generation.json plus the predictions beside it
 (eval_predictions.jsonl). The trainers call evaluate_model() at the end of a run with an eval split.
+MODEL may be an adapter run (use_peft): vtt.after.predict loads its base with the adapter applied.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ is a llava model (sampled frames + question through the processor's chat templat
 the same way: it is the same `from_pretrained` call. Settings the trainer used (num_frames, languages)
 are read from the run config it saved beside the weights (vtt-run.json), unless given here.
 
+A run trained with `use_peft: true` saved an adapter, not a model: it is asked the same way, its base
+(adapter_config.json's base_model_name_or_path) loaded with the adapter applied (vtt.models.adapters).
+Its trainer is the one vtt-run.json names, else the base's config says it.
+
 This module comes after the trainers: it reuses their processor and language set-up so that a model
 is asked exactly as it was taught.
 """
@@ -31,6 +35,7 @@ from vtt.data.datasets import DOWNLOAD_CACHE, is_prepared, local_video, manifest
 from vtt.data.download import DownloadError
 from vtt.data.video import VideoError
 from vtt.files import RUN_RECORD, write_atomically
+from vtt.models import adapters
 from vtt.outputs import check_output_file
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -51,14 +56,22 @@ class Item:
 
 
 def trainer_of_model(model: str) -> str:
-    """'seq2seq' for an encoder-decoder, 'llava' for an image-text-to-text model; a ValueError otherwise."""
+    """'seq2seq' for an encoder-decoder, 'llava' for an image-text-to-text model; a ValueError otherwise.
+
+    An adapter folder (a use_peft run or one of its checkpoints) is its run's trainer (vtt-run.json), else
+    its base model's."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+    if adapters.is_adapter(model):
+        return trainer_of_adapter(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{model}: not a model folder (no config.json) nor a loadable hub id: {err}") from None
+        raise ValueError(
+            f"{model}: not a model folder (no config.json), nor an adapter ({adapters.ADAPTER_CONFIG}), "
+            f"nor a loadable hub id: {err}"
+        ) from None
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
@@ -67,6 +80,40 @@ def trainer_of_model(model: str) -> str:
         f"{model}: model_type {config.model_type!r} is neither an encoder-decoder (seq2seq trainer) nor an "
         "image-text-to-text model (llava trainer); vtt cannot ask it about videos"
     )
+
+
+def trainer_of_adapter(folder: str | Path) -> str:
+    """The trainer of the run that saved the adapter in `folder`: vtt-run.json's, else the base model's."""
+    record = Path(folder) / RUN_RECORD
+    trainer = json.loads(record.read_text()).get("trainer") if record.is_file() else None
+    if trainer in adapters.AUTO_CLASSES:
+        return trainer
+    base = adapters.base_of(folder)
+    try:
+        return trainer_of_model(base)
+    except ValueError as err:
+        raise ValueError(f"{folder}: an adapter on {base}, whose trainer is unknown: {err}") from None
+
+
+def tokenizer_source(model: str) -> str:
+    """Where the tokenizer or processor of `model` is: the folder itself, or an adapter checkpoint's base when
+    the checkpoint holds none (the run folder always has one)."""
+    if adapters.is_adapter(model) and not any(
+        (Path(model) / name).is_file() for name in ("tokenizer_config.json", "processor_config.json")
+    ):
+        return adapters.base_of(model)
+    return model
+
+
+def load_model(model: str, trainer: str, **options: Any) -> Any:
+    """The model a run saved, for generation: its full weights, or its base with the adapter applied and the
+    run's generation config (the seq2seq trainer's forced language) in place of the base's."""
+    from transformers import GenerationConfig
+
+    loaded = adapters.load_trained(model, trainer, **options)
+    if adapters.is_adapter(model) and (Path(model) / "generation_config.json").is_file():
+        loaded.get_base_model().generation_config = GenerationConfig.from_pretrained(model)
+    return loaded
 
 
 def saved_settings(model: str) -> dict[str, Any]:
@@ -147,12 +194,12 @@ class LlavaAnswerer:
     """Frames + question through the processor's chat template, answered by greedy generation."""
 
     def __init__(self, model: str, device: str, dtype: str, num_frames: int, max_new_tokens: int):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
         from vtt.models.llava import fix_processor
 
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(tokenizer_source(model))
+        self.model = load_model(model, "llava", dtype=dtype).to(device).eval()
         fix_processor(self.processor, self.model.config)
         # Decoder-only batches are padded on the left so every answer starts right after its prompt.
         self.processor.tokenizer.padding_side = "left"
@@ -195,12 +242,12 @@ class Seq2SeqAnswerer:
     """Question + metadata -> caption, the target language forced as the first generated token."""
 
     def __init__(self, model: str, device: str, dtype: str, src_lang: str, tgt_lang: str, max_new_tokens: int):
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from vtt.models.nllb import set_languages
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model))
+        self.model = load_model(model, "seq2seq", dtype=dtype).to(device).eval()
         set_languages(self.tokenizer, self.model, src_lang, tgt_lang)
         self.device, self.max_new_tokens = device, max_new_tokens
 
@@ -310,7 +357,9 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `vtt predict` and `vtt eval`."""
-    parser.add_argument("--model", required=True, help="a folder saved by vtt (its output_dir) or a hub id")
+    parser.add_argument(
+        "--model", required=True, help="a folder saved by vtt (its output_dir: a full model or an adapter) or a hub id"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="samples generated together")
     parser.add_argument("--device", help="torch device, e.g. cuda:1 or cpu (default: the GPU when there is one)")
     parser.add_argument("--dtype", default="auto", help="weights dtype: auto (as saved), bfloat16, float32, ...")

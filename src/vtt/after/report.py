@@ -148,6 +148,10 @@ def summary(state: dict[str, Any], record: dict[str, Any], throughput: dict[str,
     rows = [
         ("trainer", record.get("trainer", "?")),
         ("model", record.get("run", {}).get("model_name_or_path", "?")),
+    ]
+    if record.get("task", {}).get("use_peft"):  # the folder holds an adapter on that model, not a model
+        rows.append(("adapter", adapter_summary(record["task"])))
+    rows += [
         ("processes", str(record.get("world_size", "?"))),
         ("steps", f"{state.get('global_step', '?')} of {state.get('max_steps', '?')}"),
         ("epochs", f"{state.get('epoch', 0):.2f}"),
@@ -168,6 +172,13 @@ def summary(state: dict[str, Any], record: dict[str, Any], throughput: dict[str,
             text = f"{value:.1%}" if key == "data_wait_share" else f"{value:,}{UNITS.get(key, '')}"
             rows.append((label, text))
     return rows
+
+
+def adapter_summary(task: dict[str, Any]) -> str:
+    """`LoRA r=16, alpha=32, only the adapter saved` (DoRA, rsLoRA, QLoRA said when used) for a use_peft run."""
+    kind = "DoRA" if task.get("use_dora") else "rsLoRA" if task.get("use_rslora") else "LoRA"
+    bits = " (QLoRA, 4-bit base)" if task.get("load_in_4bit") else " (8-bit base)" if task.get("load_in_8bit") else ""
+    return f"{kind} r={task.get('lora_r')}, alpha={task.get('lora_alpha')}{bits}, only the adapter saved"
 
 
 def sample_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
