@@ -1,4 +1,4 @@
-"""After an adapter run (use_peft): `vtt merge`, `vtt predict` / `eval` / `report`.
+"""After an adapter run (use_peft): `vtt merge`, `vtt predict` / `eval` / `report`, `vtt push` and `--merged`.
 
 One adapter run per trainer (4 steps, an eval split scored at the end) is shared by the module; the seq2seq
 run saves checkpoints and pushes itself to the stand-in Hub (tests/fake_hub.py) as it ends, and both runs are
@@ -256,3 +256,78 @@ def test_report_of_an_adapter_run_says_it_holds_an_adapter(runs, tmp_path):
     html = write_report(runs["seq2seq"], tmp_path / "report.html").read_text()
     assert "LoRA r=16, alpha=32, only the adapter saved" in html
     assert "clip000" in html  # the end-of-training predictions
+
+
+# ---- vtt push -----------------------------------------------------------------------------------------
+
+
+def card_of(files: dict[str, bytes]) -> str:
+    return files["README.md"].decode()
+
+
+@pytest.mark.slow
+def test_trainer_pushes_the_adapter_with_a_card_naming_its_base(trained, demo_inputs):
+    uploaded = trained["pushed"]
+    assert ADAPTER_FILES | {"tokenizer.json", "generation_config.json", "README.md"} <= set(uploaded)
+    assert not FULL_MODEL_FILES & set(uploaded)
+    assert not [name for name in uploaded if name.startswith("checkpoint-")]
+    assert (trained["runs"]["seq2seq"] / "checkpoint-4" / adapters.ADAPTER_WEIGHTS).is_file()  # kept local
+    card = card_of(uploaded)
+    assert "library_name: peft" in card and "A LoRA adapter (peft), not a full model" in card
+    assert f"the base model `{demo_inputs['seq2seq']}`" in card
+    assert "use_peft: true" in card and "| train_loss |" in card
+
+
+@pytest.mark.slow
+def test_push_of_an_adapter_run_uploads_the_adapter_as_it_is(runs, merged, demo_inputs, tmp_path):
+    folder = tmp_path / "llava-run"
+    shutil.copytree(runs["llava"], folder)  # with its merged/ folder, which stays out of this push
+    assert (folder / "merged" / "model.safetensors").is_file()
+    assert "peft" in (folder / "README.md").read_text()  # peft's placeholder card
+    with FakeHub(TOKEN) as hub:
+        done = vtt("push", str(folder), "--repo-id", "tiny-llava-lora", env=hub_env(hub, tmp_path))
+    uploaded = hub.files["model:tester/tiny-llava-lora"]
+    assert ADAPTER_FILES | {"processor_config.json", "tokenizer.json", "chat_template.jinja", "README.md"} <= set(
+        uploaded
+    )
+    assert uploaded[adapters.ADAPTER_WEIGHTS] == (folder / adapters.ADAPTER_WEIGHTS).read_bytes()
+    assert not FULL_MODEL_FILES & set(uploaded)
+    assert not [name for name in uploaded if name.startswith(("merged", "runs/"))]
+    card = card_of(uploaded)
+    assert "library_name: peft" in card and "A LoRA adapter (peft), not a full model" in card
+    assert f"`{demo_inputs['llava']}`" in card and "PeftModel.from_pretrained(" in card
+    assert "use_peft: true" in card and "| train_loss |" in card
+    assert "[More Information Needed]" not in card  # peft's placeholder replaced
+    assert_token_nowhere(done, folder)
+
+
+@pytest.mark.slow
+def test_push_merged_uploads_the_full_model_and_a_retry_reuses_the_merge(runs, demo_inputs, tmp_path):
+    folder = tmp_path / "seq2seq-run"
+    shutil.copytree(runs["seq2seq"], folder, ignore=shutil.ignore_patterns("merged"))
+    adapter_record = (folder / "vtt-push.json").read_text()  # the trainer's push of the adapter
+    with FakeHub(TOKEN) as hub:
+        env = hub_env(hub, tmp_path)
+        done = vtt("push", str(folder), "--merged", "--repo-id", "tiny-nllb-merged", env=env)
+        assert f"-> {folder / 'merged'}" in done.stdout
+        uploaded = dict(hub.files["model:tester/tiny-nllb-merged"])
+        merged_weights = (folder / "merged" / "model.safetensors").stat().st_mtime_ns
+        again = vtt("push", str(folder), "--merged", env=env)  # the repo id recorded in RUN/merged
+    assert FULL_MODEL_FILES | {"generation_config.json", "tokenizer.json", "README.md"} <= set(uploaded)
+    assert not ADAPTER_FILES & set(uploaded)
+    assert not [name for name in uploaded if name.startswith("checkpoint-") or name == RECORD]
+    assert uploaded["model.safetensors"] == (folder / "merged" / "model.safetensors").read_bytes()
+    card = card_of(uploaded)
+    assert "library_name: transformers" in card and "merged into the base model's weights" in card
+    assert f"`{demo_inputs['seq2seq']}`" in card and "| train_loss |" in card
+    assert (folder / "vtt-push.json").read_text() == adapter_record  # the adapter's own push is untouched
+    assert "is the merge of the adapter" in again.stdout and "kept" in again.stdout
+    assert (folder / "merged" / "model.safetensors").stat().st_mtime_ns == merged_weights
+    assert hub.calls("commit") == [200, 200]
+    assert_token_nowhere(done, folder)
+
+
+def test_push_merged_of_a_full_model_is_refused_by_name(demo_inputs, tmp_path):
+    done = vtt("push", str(demo_inputs["seq2seq"]), "--merged", env=hub_env(None, tmp_path), check=False)
+    assert done.returncode == 2
+    assert f"{demo_inputs['seq2seq']}: holds a full model (config.json), no adapter" in done.stderr

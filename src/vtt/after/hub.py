@@ -2,6 +2,8 @@
 
     vtt push outputs/runs/llava                                   # retry the upload a run printed
     vtt push data/prepared --repo-id me/video-text-dataset        # a folder made by `vtt prepare`
+    vtt push outputs/runs/llava-lora --repo-id me/llava-lora      # an adapter run (use_peft): the adapter
+    vtt push outputs/runs/llava-lora --merged --repo-id me/llava  # merged into its base first (vtt merge)
 
 The trainers call plan_model_push() at start (the token is checked with the Hub's whoami before any
 weights load) and push_model() after the final save; `vtt prepare --push-to-hub` calls push_dataset().
@@ -11,6 +13,11 @@ Uploads go through huggingface_hub's upload_folder (with hf_xet, a streamed pipe
 what the Hub already holds when re-run) inside retries with exponential backoff on 429 and 5xx.
 Every folder pushed gets a `vtt-push.json` (repo id, type, visibility: no secret) so that
 `vtt push FOLDER` can retry the same upload later.
+
+A run trained with `use_peft: true` is pushed as it is: its adapter, tokenizer or processor and a model
+card that says it is an adapter and names its base (peft's placeholder card is replaced). `--merged`
+pushes RUN/merged instead (vtt.after.merge: made, or remade when the adapter changed, before the upload):
+a full model whose card names the base it was merged into. RUN/merged stays out of the adapter's push.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +37,11 @@ import yaml
 
 from vtt import collective
 from vtt.after._compat import hub_network_errors
+from vtt.after.merge import MERGED, check_adapter, default_out, merged_for
+from vtt.after.merge import RECORD as MERGE_RECORD
 from vtt.exits import Exit
 from vtt.files import write_atomically
+from vtt.models import adapters
 from vtt.outputs import MARKER as OUTPUT_MARKER  # which command wrote the folder: local only
 
 logger = logging.getLogger(__name__)
@@ -40,8 +50,9 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = {"llava": "llava-video-text-model", "seq2seq": "video-text-model"}
 DATASET_NAMES = {"llava": "llava-video-text-dataset", "seq2seq": "video-text-dataset"}
 RECORD = "vtt-push.json"
-# Training checkpoints, logs and our record stay local; the final model at the top of the run folder goes up.
+# Training checkpoints, logs and our records stay local; the final model at the top of the run folder goes up.
 IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.log", RECORD, ".cache/**", OUTPUT_MARKER]
+IGNORE += [MERGED, f"{MERGED}/**", MERGE_RECORD]  # RUN/merged goes up with --merged only; vtt merge's record
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
@@ -228,6 +239,7 @@ class ModelPush:
     run_config: dict[str, Any]
     base_model: str
     trainer: str
+    form: str = "model"  # "model" (full weights), "adapter" (peft's, on base_model), "merged" (adapter merged in)
 
 
 def plan_model_push(command, run, training, trainer: str) -> ModelPush | None:
@@ -272,25 +284,46 @@ def final_metrics(log_history: list[dict[str, Any]], train_metrics: dict[str, An
     return metrics
 
 
+def card_intro(push: ModelPush) -> str:
+    """The card's first paragraph: what the repo holds, and the base it needs or came from."""
+    made = f"`{push.base_model}` by vtt's `{push.trainer}` trainer"
+    if push.form == "adapter":
+        load = f"{adapters.AUTO_CLASSES[push.trainer]}.from_pretrained({push.base_model!r})"
+        return (
+            f"A LoRA adapter (peft), not a full model: fine-tuned on the base model {made}. Load the base and apply "
+            f"it, `PeftModel.from_pretrained({load}, {push.target.repo_id!r})`, or merge it into a full model "
+            "with `vtt merge RUN` (`vtt push RUN --merged` uploads that)."
+        )
+    if push.form == "merged":
+        return (
+            f"Fine-tuned from {made} as a LoRA adapter, merged into the base model's weights (`vtt merge`): "
+            "a full model, loaded with `from_pretrained`, no peft needed."
+        )
+    return f"Fine-tuned from {made}."
+
+
 def model_card(push: ModelPush, data: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """README.md for the model repo: metadata, the run config, the data and the final metrics."""
+    """README.md for the model repo: metadata, what it holds (a model, an adapter and its base, a merged adapter),
+    the run config, the data and the final metrics (each section when there is something to show)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     is_hub_id = not Path(push.base_model).exists() and push.base_model.count("/") == 1
+    adapter = push.form == "adapter"
     card_data = ModelCardData(
-        library_name="transformers",
-        tags=["vtt", "video-text", push.trainer],
+        library_name="peft" if adapter else "transformers",
+        tags=["vtt", "video-text", push.trainer, *(["lora"] if push.form != "model" else [])],
         base_model=push.base_model if is_hub_id else None,
+        base_model_relation="adapter" if adapter and is_hub_id else None,
     )
     config = {k: v for k, v in push.run_config.items() if "token" not in k}
     rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    body = (
-        f"# {push.target.repo_id.split('/')[-1]}\n\n"
-        f"Fine-tuned from `{push.base_model}` by vtt's `{push.trainer}` trainer.\n\n"
-        f"## Run config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n\n"
-        f"## Data\n\n```yaml\n{yaml.safe_dump(data, sort_keys=False)}```\n\n"
-        f"## Final metrics\n\n| metric | value |\n|---|---|\n{rows}\n"
-    )
+    body = f"# {push.target.repo_id.split('/')[-1]}\n\n{card_intro(push)}\n\n"
+    if config:
+        body += f"## Run config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```\n\n"
+    if data:
+        body += f"## Data\n\n```yaml\n{yaml.safe_dump(data, sort_keys=False)}```\n\n"
+    if rows:
+        body += f"## Final metrics\n\n| metric | value |\n|---|---|\n{rows}\n"
     return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}"))
 
 
@@ -302,6 +335,8 @@ def push_model(push: ModelPush | None, output_dir: str | Path, data: dict[str, A
     """
     if push is None:
         return
+    if adapters.is_adapter(output_dir):  # a use_peft run saved its adapter: the card says so, and names the base
+        push = replace(push, form="adapter")
 
     def upload() -> str:
         secret = token()
@@ -330,7 +365,12 @@ def _exit_all(message: str, code: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="a run folder (its final model) or a folder made by `vtt prepare`")
+    parser.add_argument(
+        "folder", type=Path, help="a run folder (its final model or adapter) or a folder made by `vtt prepare`"
+    )
+    parser.add_argument(
+        "--merged", action="store_true", help=f"an adapter run: push FOLDER/{MERGED}, its merge (made when needed)"
+    )
     parser.add_argument("--repo-id", help="owner/name or name (under $HF_USER_ID); default: the folder's last push")
     parser.add_argument("--repo-type", choices=["model", "dataset"], help="default: dataset for a prepared folder")
     parser.add_argument("--public", action="store_true", help="create the repo public (default: private)")
@@ -343,19 +383,50 @@ def _kind_of(folder: Path) -> str:
 
     if is_prepared(folder):
         return "dataset"
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").is_file() or adapters.is_adapter(folder):
         return "model"
-    raise ValueError(f"{folder}: neither a saved model (config.json) nor a prepared dataset (dataset_info.json)")
+    raise ValueError(
+        f"{folder}: neither a saved model (config.json), an adapter ({adapters.ADAPTER_CONFIG}) nor a prepared "
+        "dataset (dataset_info.json)"
+    )
+
+
+def write_card(folder: Path, target: Target) -> None:
+    """The card of an adapter run, or of its merge, from the run's records: written before `vtt push` uploads the
+    folder unless it holds a vtt card already (the trainer's). Other folders are pushed with what they hold."""
+    from huggingface_hub import metadata_load
+
+    from vtt.after.predict import trainer_of_model
+    from vtt.after.report import card_facts, read_json
+
+    readme = folder / "README.md"
+    if readme.is_file() and "vtt" in ((metadata_load(readme) or {}).get("tags") or []):
+        return
+    if adapters.is_adapter(folder):  # peft's save_pretrained left a placeholder card (its base a local path)
+        run_dir, base, trainer, form = folder, adapters.base_of(folder), trainer_of_model(str(folder)), "adapter"
+    elif (folder / MERGE_RECORD).is_file():
+        merged = read_json(folder / MERGE_RECORD)
+        run_dir, base, trainer, form = Path(merged["adapter"]), merged["base"], merged["trainer"], "merged"
+    else:
+        return
+    config, data, history = card_facts(run_dir)
+    final = next((entry for entry in reversed(history) if "train_loss" in entry), {})
+    metrics = final_metrics(history, {key: value for key, value in final.items() if key != "step"})
+    write_atomically(readme, scrub(model_card(ModelPush(target, config, base, trainer, form), data, metrics)))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unknown arguments: {' '.join(extra)}")
-    folder = args.folder
+    run_dir = folder = args.folder
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
+    if args.merged:
+        if args.repo_type == "dataset":
+            raise ValueError("--merged pushes a model: leave out --repo-type dataset")
+        folder = default_out(check_adapter(run_dir))  # merged below, once the token and the repo are known
     saved = load_target(folder)
-    repo_type = args.repo_type or (saved.repo_type if saved else _kind_of(folder))
+    repo_type = args.repo_type or (saved.repo_type if saved else "model" if args.merged else _kind_of(folder))
     secret = token()
     user = whoami(secret)
     if args.repo_id or not saved:
@@ -365,6 +436,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         target = Target(repo_id_for(args.repo_id, default, user), repo_type, not args.public)
     else:
         target = Target(saved.repo_id, repo_type, saved.private and not args.public)
+    if args.merged:
+        folder = merged_for(run_dir)
+    if repo_type == "model":
+        write_card(folder, target)
     try:
         url = push_folder(folder, target, secret, "Upload with vtt push", args.retries, args.backoff)
     except PushError as err:

@@ -181,6 +181,20 @@ def adapter_summary(task: dict[str, Any]) -> str:
     return f"{kind} r={task.get('lora_r')}, alpha={task.get('lora_alpha')}{bits}, only the adapter saved"
 
 
+def card_facts(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """(run config, data, log history) of a run folder, for a model card written after training (`vtt push` of
+    an adapter run or of its merge): from vtt-run.json and trainer_state.json, empty where one is missing."""
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / RUN_RECORD) if (run_dir / RUN_RECORD).is_file() else {}
+    state = run_dir / "trainer_state.json"
+    history = read_json(state).get("log_history", []) if state.is_file() else []
+    run, training = record.get("run", {}), record.get("training", {})
+    config = {key: value for key, value in {**run, **record.get("task", {})}.items() if value is not None}
+    config.update((key, training[key]) for key in KEY_TRAINING_ARGUMENTS if key in training)
+    data = {key: run[key] for key in ("dataset", "eval_dataset") if run.get(key)}
+    return config, data, history
+
+
 def sample_predictions(path: Path, limit: int) -> list[dict[str, Any]]:
     """The first `limit` rows of the run's eval predictions, each with `match` (exact match); none without the file."""
     rows = read_predictions(path)[:limit] if path.is_file() else []
