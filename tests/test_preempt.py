@@ -167,16 +167,19 @@ def test_interrupted_local_run_ends_with_the_weights_and_losses_of_an_uninterrup
 
 
 @pytest.mark.slow
-def test_resume_on_another_process_count_fails_at_start_naming_the_universal_conversion(local, monkeypatch, capsys):
+def test_resume_on_another_process_count_converts_to_a_universal_checkpoint_world_size(local, monkeypatch, capsys):
     folder = local["out"] / f"checkpoint-{STEPS}"  # written by 2 processes
+    config = SimpleNamespace(config={})  # what the Trainer hands deepspeed.initialize
     training = SimpleNamespace(output_dir=str(local["out"]), deepspeed="deepspeed/zero2.json")
+    training.hf_deepspeed_config = config
     monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(SystemExit) as stopped:
-        checkpoints.resume_point(SimpleNamespace(resume=True), training)
+    assert checkpoints.resume_point(SimpleNamespace(resume=True), training) == str(folder)
     said = capsys.readouterr().out
-    assert stopped.value.code == Exit.BAD_INPUT
-    assert f"{folder} was written by 2 process(es), this run has 1" in said
-    assert f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder}/global_step{STEPS}" in said
+    universal = folder / f"global_step{STEPS}_universal"
+    assert f"{folder} was written by 2 process(es), this run has 1: loading its universal checkpoint {universal}" in (
+        said
+    )
+    assert config.config == {"checkpoint": {"load_universal": True}} and (universal / "zero").is_dir()
     assert checkpoints.resume_point(SimpleNamespace(resume=False), training) is None  # --resume false: step 0
 
 

@@ -17,14 +17,17 @@ runs inside its save, before the new checkpoint is complete, and with a limit of
 left no checkpoint to resume from. The harness hands the limit to CompleteCheckpoints instead.
 
 The marker records how many processes wrote the checkpoint: DeepSpeed's ZeRO optimizer states are
-partitioned per process, so a resume on another GPU count fails at start with the conversion to
-DeepSpeed's universal checkpoint spelled out, not with a shape error deep inside DeepSpeed.
+partitioned per process, so a resume on another GPU count first converts the checkpoint to DeepSpeed's
+universal checkpoint (`to_universal`: rank 0, once, into a staging folder renamed beside the original; the
+other ranks wait) and gives DeepSpeed `"checkpoint": {"load_universal": true}` for this start only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,27 +54,71 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def _universal_ready(folder: Path, training) -> bool:
-    """The checkpoint was converted with ds_to_universal and the DeepSpeed config loads universal checkpoints."""
-    config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
-    return (folder / "latest_universal").is_file() and bool(config.get("checkpoint", {}).get("load_universal"))
+UNIVERSAL_LATEST = "latest_universal"  # DeepSpeed's pointer to the universal tag, as `latest` is to the ZeRO one
+UNIVERSAL_STAGING = ".universal-staging"
 
 
-def check_world_size(folder: Path, world: int, training) -> None:
-    """A ValueError that says how to convert the checkpoint when it was written by another process count."""
+def zero_tag(folder: Path) -> str:
+    """The ZeRO checkpoint's folder inside a Trainer checkpoint (global_stepN), as DeepSpeed's `latest` names it."""
+    latest = folder / "latest"
+    return latest.read_text().strip() if latest.is_file() else f"global_step{step_of(folder)}"
+
+
+def universal_tag(folder: Path) -> str | None:
+    """The universal checkpoint in `folder` when a conversion finished (its pointer names a folder there), else None."""
+    latest = folder / UNIVERSAL_LATEST
+    tag = latest.read_text().strip() if latest.is_file() else ""
+    return tag if tag and (folder / tag).is_dir() else None
+
+
+def needs_universal(folder: Path, world: int, training) -> bool:
+    """The checkpoint holds ZeRO states split for another process count than this run's `world`."""
     written = (checkpoint_marker(folder) or {}).get("world_size")
-    if not training.deepspeed or written in (None, world) or _universal_ready(folder, training):
-        return
-    tag = (folder / "latest").read_text().strip() if (folder / "latest").is_file() else f"global_step{step_of(folder)}"
-    raise ValueError(
-        f"{folder} was written by {written} process(es), this run has {world}: DeepSpeed's ZeRO optimizer states "
-        f"are split per process and cannot be loaded as they are. Either run on {written} process(es) again, or "
-        f"convert it to DeepSpeed's universal checkpoint: "
-        f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {folder / tag} "
-        f"--output_folder {folder / (tag + '_universal')} "
-        f'and add "checkpoint": {{"load_universal": true}} to the DeepSpeed config ({training.deepspeed}); '
-        f"or start fresh with --resume false"
-    )
+    return bool(training.deepspeed) and written not in (None, world)
+
+
+def to_universal(folder: Path) -> str:
+    """Convert the ZeRO checkpoint in `folder` to DeepSpeed's universal checkpoint; returns its tag.
+
+    Once: a finished conversion is reused. Atomically: ds_to_universal writes into a staging folder that is
+    renamed to `<tag>_universal` beside the original when it is whole, and only then does `latest_universal`
+    name it, so a kill mid-conversion leaves the checkpoint as it was (the next start converts again).
+    Hugging Face checkpoints lack the universal-checkpoint info Megatron writes: --inject_missing_state adds it.
+    A failed conversion is a ValueError carrying the converter's output.
+    """
+    done = universal_tag(folder)
+    if done:
+        return done
+    tag = zero_tag(folder)
+    target = f"{tag}_universal"
+    staging = folder / UNIVERSAL_STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(folder / target, ignore_errors=True)  # a rename cut short has no pointer: redo it whole
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder / tag)]
+    command += ["--output_folder", str(staging / target), "--inject_missing_state", "--num_extract_workers", "2"]
+    command += ["--num_merge_workers", "1"]
+    print(f"vtt resume: converting {folder / tag} to a universal checkpoint: {' '.join(command[1:])}", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(
+            f"converting {folder / tag} to DeepSpeed's universal checkpoint failed (exit {done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()[-2000:]}\nRun on the process count that wrote it, or start "
+            f"fresh with --resume false"
+        )
+    (staging / target).rename(folder / target)
+    write_atomically(folder / UNIVERSAL_LATEST, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_universal(training) -> None:
+    """Every rank: DeepSpeed loads this start's checkpoint from its universal tag (the config the Trainer hands
+    to deepspeed.initialize, not the file: the next start on the writing process count loads it as saved)."""
+    config = getattr(training, "hf_deepspeed_config", None)
+    if config is None:
+        raise ValueError(f"{training.deepspeed}: the Trainer has not read the DeepSpeed config yet")
+    config.config.setdefault("checkpoint", {})["load_universal"] = True
 
 
 def resume_point(run, training) -> str | None:
@@ -79,26 +126,37 @@ def resume_point(run, training) -> str | None:
 
     Rank 0 removes incomplete saves first and says what it found in the log; every rank gets the same
     answer. With `resume: false` nothing is resumed (existing checkpoints are replaced as steps are saved).
-    When the checkpoint needs another process count, rank 0 prints why and how to convert it and every
-    rank exits 2 (bad input: a requeue would fail the same way).
+    When the checkpoint was written by another process count, rank 0 converts it to a universal checkpoint
+    while the others wait, and every rank loads it as one; a failed conversion makes every rank exit 2.
     """
     output_dir = Path(training.output_dir)
 
-    def find() -> str | None:
+    def find() -> tuple[str | None, bool]:
         for folder in remove_incomplete(output_dir):
             print(f"vtt resume: removed {folder}: a save that did not finish (no {CHECKPOINT_MARKER})", flush=True)
         newest = newest_complete(output_dir)
         if newest is None:
-            return None
+            return None, False
         if not run.resume:
             print(f"vtt resume: --resume false: starting from step 0, not from {newest}", flush=True)
-            return None
-        check_world_size(newest, world_size(), training)
+            return None, False
+        universal = needs_universal(newest, world_size(), training)
+        if universal:
+            written = checkpoint_marker(newest)["world_size"]
+            tag = to_universal(newest)
+            print(
+                f"vtt resume: {newest} was written by {written} process(es), this run has {world_size()}: "
+                f"loading its universal checkpoint {newest / tag}",
+                flush=True,
+            )
         print(f"vtt resume: resuming from {newest} (step {step_of(newest)})", flush=True)
-        return str(newest)
+        return str(newest), universal
 
     try:
-        return collective.from_rank0(find)
+        point, universal = collective.from_rank0(find)
+        if universal:
+            load_universal(training)
+        return point
     except (ValueError, RuntimeError) as err:  # RuntimeError: rank 0's ValueError, as the other ranks see it
         if collective.is_rank0():
             print(f"vtt resume: error: {err}", flush=True)
