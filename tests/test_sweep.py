@@ -69,7 +69,7 @@ def test_sweep_with_a_failing_combination_lists_it_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert "1 of 2 combinations fail; nothing was written" in done.stderr
     assert "per_device_train_batch_size=3: " in done.stderr and "per_device_train_batch_size=2:" not in done.stderr
-    assert not out.exists() and not out.with_suffix(".tsv").exists() and not (tmp_path / "runs").exists()
+    assert sorted(tmp_path.iterdir()) == []  # no script, no table, no run folder
 
 
 @pytest.mark.parametrize(
@@ -147,6 +147,10 @@ def test_sweep_array_tasks_train_into_their_own_folders_and_a_warned_task_requeu
         assert {entry["learning_rate"] for entry in history if "loss" in entry} == {float(rate)}
         assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 30
     assert sorted(p.name for p in out.iterdir()) == ["learning_rate=1e-3", "learning_rate=3e-3"]
+    reported = vtt("report", str(out))  # one page comparing the sweep's runs
+    assert reported.returncode == 0, reported.stderr
+    page = (out / "report.html").read_text()
+    assert "2 run(s), best final train loss first." in page and page.count("<td>30 of 30</td>") == 2
 
 
 @pytest.mark.slow
@@ -217,3 +221,20 @@ def test_chain_submits_train_then_eval_then_report_each_after_the_one_before(slu
     assert starts[1] >= ends[0] and starts[2] >= ends[1]
     assert (out / "eval_generation.json").exists() and (out / "report.html").exists()
 
+
+def test_report_of_a_sweep_folder_ranks_its_runs_by_final_loss_on_one_page(tmp_path):
+    folder = tmp_path / "sweep"
+    for name, losses in {"learning_rate=1e-3,seed=1": [3.0, 2.5], "learning_rate=3e-3,seed=1": [3.0, 1.5]}.items():
+        (folder / name).mkdir(parents=True)
+        history = [{"loss": loss, "step": step, "learning_rate": 1e-3} for step, loss in enumerate(losses, 1)]
+        state = {"global_step": 2, "max_steps": 2, "log_history": history}
+        (folder / name / "trainer_state.json").write_text(json.dumps(state))
+    (folder / "learning_rate=1e-2,seed=1").mkdir()  # still training: no trainer_state.json yet
+    done = vtt("report", str(folder))
+    assert done.returncode == 0, done.stderr
+    page = (folder / "report.html").read_text()
+    assert "3 run(s), best final train loss first; 1 not finished" in page
+    assert "<th>learning_rate</th><th>seed</th>" in page
+    best, second, unfinished = (page.index(f"<td>{rate}</td>") for rate in ("3e-3", "1e-3", "1e-2"))
+    assert page.index('<tr class="best">') < best < second < unfinished
+    assert "<td>1.5000</td>" in page and 'src="data:image/png;base64,' in page

@@ -1,6 +1,7 @@
 """A run's report as one self-contained HTML page (`vtt report RUN_DIR`, `make report RUN=...`).
 
     vtt report outputs/demo/runs/tiny-llava          # -> outputs/demo/runs/tiny-llava/report.html
+    vtt report SWEEP_DIR                             # a `vtt sweep` folder: one page comparing its runs
 
 Reads what a run left in its output_dir: trainer_state.json (losses, learning rate, eval metrics and
 tokens/s per logged step), throughput.json (steady-state tokens/s, data wait, GPU memory),
@@ -235,12 +236,99 @@ def render(run_dir: str | Path) -> str:
     )
 
 
+# A sweep's folder (`vtt sweep`): one run per subfolder, named after its grid values (name=value,...).
+SWEEP_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+SWEEP_METRICS = ("bleu", "chrf", "exact_match")
+SWEEP_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sweep {{ folder }}</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}
+th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}tr.best{background:#eaf5ea}</style></head>
+<body><h1>Sweep {{ folder }}</h1>
+<p>{{ runs | length }} run(s), best final train loss first
+{%- if unfinished %}; {{ unfinished }} not finished{% endif %}.</p>
+<table id="runs"><tr><th>rank</th>{% for name in names %}<th>{{ name }}</th>{% endfor %}<th>steps</th>
+<th>final loss</th><th>best loss</th>{% for metric in metrics %}<th>eval {{ metric }}</th>{% endfor %}
+<th>tokens/s per GPU</th><th>run</th></tr>
+{% for run in runs %}<tr{% if loop.first and run.final is not none %} class="best"{% endif %}>
+<td>{{ loop.index }}</td>{% for name in names %}<td>{{ run["values"].get(name, "") }}</td>{% endfor %}
+<td>{{ run.status }}</td><td>{{ "%.4f" | format(run.final) if run.final is not none else "" }}</td>
+<td>{{ "%.4f" | format(run.best) if run.best is not none else "" }}</td>
+{% for metric in metrics %}<td>{{ "%.2f" | format(run.eval[metric]) if metric in run.eval else "" }}</td>{% endfor %}
+<td>{{ run.tokens if run.tokens is not none else "" }}</td>
+<td>{% if run.report %}<a href="{{ run.name }}/report.html">{{ run.name }}</a>
+{%- else %}{{ run.name }}{% endif %}</td></tr>
+{% endfor %}</table>
+{% if plot %}<h2>Train loss</h2>
+<img id="loss" alt="train loss of every run" src="data:image/png;base64,{{ plot }}">{% endif %}
+</body></html>
+"""
+
+
+def sweep_runs(folder: Path) -> list[Path]:
+    """The run folders of a sweep's output_dir: its subfolders named name=value,... (`vtt sweep` writes them)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and "=" in p.name) if folder.is_dir() else []
+
+
+def is_sweep(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return not (folder / "trainer_state.json").is_file() and bool(sweep_runs(folder))
+
+
+def sweep_row(run: Path) -> dict[str, Any]:
+    """One run of a sweep as the comparison shows it: its grid values, steps, losses, eval metrics, tokens/s."""
+    values = dict(part.split("=", 1) for part in run.name.split(",") if "=" in part)
+    row = {"name": run.name, "values": values, "report": (run / REPORT).is_file(), "final": None, "best": None}
+    row.update(eval={}, tokens=None, curve=([], []))
+    state_path = run / "trainer_state.json"
+    if not state_path.is_file():
+        return {**row, "status": "not finished"}
+    state = read_json(state_path)
+    curve = series(state.get("log_history", []), "loss")
+    evaluation = run / "eval_generation.json"
+    throughput = read_json(run / "throughput.json") if (run / "throughput.json").is_file() else {}
+    return {
+        **row,
+        "status": f"{state.get('global_step', '?')} of {state.get('max_steps', '?')}",
+        "final": curve[1][-1] if curve[1] else None,
+        "best": min(curve[1]) if curve[1] else None,
+        "curve": curve,
+        "eval": read_json(evaluation).get("metrics", {}) if evaluation.is_file() else {},
+        "tokens": throughput.get("tokens_per_second_per_gpu"),
+    }
+
+
+def render_sweep(folder: str | Path) -> str:
+    """One page comparing a sweep's runs: a table ranked by final train loss, and every run's loss curve."""
+    from jinja2 import Environment
+
+    runs = [sweep_row(run) for run in sweep_runs(Path(folder))]
+    runs.sort(key=lambda run: (run["final"] is None, run["final"] or 0.0))
+    names = list(dict.fromkeys(name for run in runs for name in run["values"]))
+    colours = [SWEEP_COLOURS[i % len(SWEEP_COLOURS)] for i in range(len(runs))]
+    lines = [(run["name"], *run["curve"], colour) for run, colour in zip(runs, colours, strict=True) if run["curve"][0]]
+    return (
+        Environment(autoescape=True)
+        .from_string(SWEEP_PAGE)
+        .render(
+            folder=str(folder),
+            runs=runs,
+            names=names,
+            metrics=[metric for metric in SWEEP_METRICS if any(metric in run["eval"] for run in runs)],
+            unfinished=sum(run["final"] is None for run in runs),
+            plot=png(lines, "train loss") if lines else None,
+        )
+    )
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    return write_atomically(Path(out) if out else Path(run_dir) / REPORT, render(run_dir))
+    text = render_sweep(run_dir) if is_sweep(run_dir) else render(run_dir)
+    return write_atomically(Path(out) if out else Path(run_dir) / REPORT, text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="a run's output_dir, e.g. outputs/demo/runs/tiny-llava")
+    parser.add_argument(
+        "run_dir", type=Path, help="a run's output_dir (outputs/demo/runs/tiny-llava), or a sweep's (vtt sweep)"
+    )
     parser.add_argument("--out", type=Path, help=f"where to write the page (default: RUN_DIR/{REPORT})")
 
 

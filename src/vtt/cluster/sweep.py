@@ -4,7 +4,8 @@
         --grid seed=1,2 [--max-parallel 2] [--render-only] [-o FILE.sh] [--name value ...]
 
 Every combination passes the pre-flight check of `vtt submit` (jobs.preflight) before anything is written. The
-script (the one job template, with its array block) and its table FILE.tsv beside it are written whole; task i
+script (the one job template, with its array block) and its table FILE.<hash>.tsv beside it (named by its
+content, so a queued array keeps reading its own after a new render) are written whole; task i
 reads row i of the table (a header of argument names, then `i, output_dir, value...` tab-separated: no shell
 parses YAML) and trains into its own folder under the sweep's output_dir, `<output_dir>/<name>=<value>,...`.
 Each task is preemption-safe as a single job is: warned, it checkpoints and requeues itself alone.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import re
 import shlex
@@ -68,12 +70,6 @@ def table_text(output_dirs: list[str], tasks: list[dict[str, str]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def read_table(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a sweep's table as {column: value} (task, output_dir, the grid's names)."""
-    header, *rows = Path(path).read_text().splitlines()
-    return [dict(zip(header.split("\t"), row.split("\t"), strict=True)) for row in rows]
-
-
 def plan(profile, config: str, gpus: int, nodes: int | None, grid, extra: list[str], max_parallel: int | None):
     """The checked sweep: (the array's Job, the table's text, each task's overrides). Writes nothing.
 
@@ -121,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-parallel", type=int, help="at most this many tasks at once (sbatch --array=...%%K)")
     parser.add_argument("--render-only", action="store_true", help="write the script and its table, submit nothing")
-    parser.add_argument("-o", "--out", type=Path, help="the script (FILE.sh; the table is FILE.tsv beside it)")
+    parser.add_argument("-o", "--out", type=Path, help="the script FILE.sh (its table: FILE.<hash>.tsv beside it)")
 
 
 def _command(args: argparse.Namespace, extra: list[str], script: Path) -> list[str]:
@@ -137,7 +133,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     grid = parse_grid(args.grid)
     job, table, words = plan(profile, args.config, args.gpus, args.nodes, grid, extra, args.max_parallel)
     script = _script_path(job, args.out)
-    tsv = script.with_suffix(".tsv")
+    # Named by its content: an array still queued reads its own table after the sweep is rendered again.
+    tsv = script.with_name(f"{script.stem}.{hashlib.sha256(table.encode()).hexdigest()[:8]}.tsv")
     job.array = Array(len(words), str(tsv), args.max_parallel, _command(args, extra, script))
     text = render(job)
     write_atomically(tsv, table)  # first: a script never names a table that is not there
@@ -151,7 +148,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"submitted job array {job_id} ({job.name}, {len(words)} tasks, {size}) from {script}")
     for i, task_words in enumerate(words):
         print(f"task {i}: {shlex.join(task_words)}; log {job.log(job_id, i)}")
-    print(f"follow: squeue -j {job_id}; vtt report <the sweep's output_dir> when they are done")
+    print(f"follow: squeue -j {job_id}; when they are done: vtt report {Path(words[0][-1]).parent}")
     return 0
 
 
