@@ -278,28 +278,24 @@ def main() -> None:
     parser.add_argument(
         "--patch-qlora-load", action="store_true", help="give vtt's QLoRA load what TRL 1.16 lacks (see the docstring)"
     )
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # the bench's own model-building process
     args = parser.parse_args()
     args.trainer = "seq2seq" if args.arch.startswith("nllb") else "llava"
+    if args.build:
+        return build(args.build, args.arch, args.trainer)
 
-    import torch
     from transformers import AutoConfig
-
-    from vtt.models.tiny import build_llava, build_nllb
 
     work = args.work / args.arch
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model"
     t0 = time.time()
     if not (model / "config.json").exists():
-        # Random init on the GPU when there is one: the 7B's 8B weights take minutes on CPU cores, seconds there.
-        with torch.device("cuda") if torch.cuda.is_available() else contextlib.nullcontext():
-            if args.trainer == "llava":
-                size = args.arch.split("-")[1]
-                build_llava(model, size, "tiny" if size == "tiny" else "so400m", dtype=torch.bfloat16)
-            else:
-                build_nllb(model, args.arch.split("-")[1], dtype=torch.bfloat16)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the runs that follow start their own processes on this GPU
+        # In a process of its own: built in this one, the 7B left 33 GB held on the GPU (nvidia-smi) beside the
+        # runs that followed, after empty_cache (2026-12-02). The runs start their own processes on this GPU.
+        subprocess.run(
+            [sys.executable, Path(__file__).resolve(), "--build", model, "--arch", args.arch], check=True, cwd=ROOT
+        )
     config = AutoConfig.from_pretrained(model)
     args.params = all_parameters(config, args.trainer)
     samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
@@ -374,6 +370,21 @@ def sequence_length(model: Path, manifest: Path, frames: int) -> int:
     example = llava_example(sample, sample_frames(sample.video, frames))
     text = processor.apply_chat_template(example["prompt"] + example["completion"])
     return int(processor(text=[text], images=[example["images"]], return_tensors="pt")["input_ids"].shape[1])
+
+
+def build(model: Path, arch: str, trainer: str) -> None:
+    """The architecture with random weights, saved to `model`."""
+    import torch
+
+    from vtt.models.tiny import build_llava, build_nllb
+
+    size = arch.split("-")[1]
+    # Random init on the GPU when there is one: the 7B's 8B weights take minutes on CPU cores, seconds there.
+    with torch.device("cuda") if torch.cuda.is_available() else contextlib.nullcontext():
+        if trainer == "llava":
+            build_llava(model, size, "tiny" if size == "tiny" else "so400m", dtype=torch.bfloat16)
+        else:
+            build_nllb(model, size, dtype=torch.bfloat16)
 
 
 def all_parameters(config, trainer: str) -> int:
