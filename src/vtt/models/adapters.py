@@ -96,9 +96,10 @@ def load_options(task: Any, training: Any) -> dict[str, Any]:
     quantization = quantization_config(task, training)
     if quantization is None:
         return {}
-    from trl import get_kbit_device_map
+    import os
 
-    return {"quantization_config": quantization, "device_map": get_kbit_device_map()}
+    # Each process holds its own quantised copy on its own GPU (TRL 1.16 has no get_kbit_device_map any more).
+    return {"quantization_config": quantization, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
 def wrap(model: Any, task: Any, trainer: str) -> Any:
