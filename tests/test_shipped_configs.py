@@ -14,12 +14,17 @@ left in the staging folder), and no test saved a llava checkpoint.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, tiny_run, train
 
 from vtt.config import read_yaml
+from vtt.exits import Exit
+from vtt.models import adapters
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +49,33 @@ def twin(config: Path, demo_inputs, out: Path, steps: int) -> list[str]:
     ]
 
 
+def quantised(config: Path) -> bool:
+    shipped = read_yaml(config)
+    return bool(shipped.get("load_in_4bit") or shipped.get("load_in_8bit"))
+
+
 @pytest.mark.parametrize("config", SHIPPED, ids=[c.stem for c in SHIPPED])
 def test_shipped_config_saves_a_checkpoint_and_resumes_from_it(config, demo_inputs, tmp_path):
     relative = str(config.relative_to(ROOT))
     out = tmp_path / "run"
+    if quantised(config) and not torch.cuda.is_available():  # bitsandbytes needs CUDA: vtt run must refuse it
+        command = [sys.executable, "-m", "vtt.cli", "run", "--config", relative, "--gpus", "1"]
+        done = subprocess.run(
+            [*command, *twin(config, demo_inputs, out, steps=3)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == Exit.BAD_INPUT, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "(QLoRA) quantises the base model with bitsandbytes, which needs a CUDA GPU" in done.stderr
+        assert "Loading weights" not in done.stdout + done.stderr and not out.exists()
+        return
     first = train(relative, 1, twin(config, demo_inputs, out, steps=3))
     checkpoint = out / f"checkpoint-{SAVE_STEPS}"
     assert (checkpoint / "vtt-checkpoint.json").is_file(), first.stdout[-3000:]
     assert not (out / ".partial").exists(), "the staging folder outlived the save"
-    assert (out / "model.safetensors").is_file()
+    if read_yaml(config).get("use_peft"):  # an adapter run saves the adapter, not the model
+        assert adapters.is_adapter(out) and (out / adapters.ADAPTER_WEIGHTS).is_file()
+        assert not (out / "model.safetensors").exists()
+    else:
+        assert (out / "model.safetensors").is_file()
     if read_yaml(config)["trainer"] == "llava":  # TRL's model card, written during each save, lands in output_dir
         assert (out / "README.md").is_file()
     limit = read_yaml(config).get("save_total_limit")
