@@ -222,6 +222,113 @@ def test_chain_submits_train_then_eval_then_report_each_after_the_one_before(slu
     assert (out / "eval_generation.json").exists() and (out / "report.html").exists()
 
 
+def test_chain_prepare_step_is_a_cpu_job_on_the_cpu_partition_with_the_runs_frames(monkeypatch, tmp_path):
+    import dataclasses
+
+    from vtt.cluster.chain import prepare_words, prepared_folder, step_options
+    from vtt.config import parse_run_config
+
+    monkeypatch.chdir(ROOT)
+    profile = load_profile(ROOT / "jobs/clusters/ci.yaml")
+    assert profile.cpu_partition == "batch"
+    options = step_options(profile, "vtt-prepare-x", 0, cpus=8, cpu_only=True)
+    assert "--partition=batch" in options and "--cpus-per-task=8" in options
+    assert not [option for option in options if option.startswith(("--gpus", "--gres", "--mem", "--constraint"))]
+    # Without cpu_partition: the GPU partition (its memory request too), still asking for no GPU.
+    options = step_options(dataclasses.replace(profile, cpu_partition=None), "vtt-prepare-x", 0, 8, cpu_only=True)
+    assert "--partition=debug" in options and "--mem=4G" in options and "--cpus-per-task=8" in options
+    assert not [option for option in options if option.startswith(("--gpus", "--gres"))]
+    # llava: the prepared frames are the run's (num_frames, backend, the processor of its model sizes them).
+    run, task, _ = parse_run_config(["--config", "jobs/tiny-llava.yaml", "--num_frames", "3"], world=1, use_cpu=True)
+    words = prepare_words("m.jsonl", Path("p"), run, task, 8)
+    assert words[:9] == ["prepare", "--manifest", "m.jsonl", "--out", "p", "--trainer", "llava", "--workers", "8"]
+    assert " --frames 3 --backend opencv --model outputs/demo/models/tiny-llava " in " ".join(words) + " "
+    assert prepared_folder("outputs/runs/x/") == Path("outputs/runs/x-prepared")
+    for text, message in [
+        ("scheduler: local\ncpu_partition: cpu\n", "scheduler is local .* sets cpu_partition"),
+        ("gpus_per_node: 1\ncpu_partition: [cpu]\n", "cpu_partition = \\['cpu'\\]: must be text"),
+    ]:
+        (tmp_path / "p.yaml").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_profile(tmp_path / "p.yaml")
+
+
+def fake_sbatch(tmp_path: Path) -> dict[str, str]:
+    """An sbatch on PATH that records its arguments (one JSON list a line) and answers job ids 101, 102, ..."""
+    import os
+
+    folder = tmp_path / "bin"
+    folder.mkdir(parents=True)
+    calls = tmp_path / "sbatch.jsonl"
+    (folder / "sbatch").write_text(
+        f"#!{sys.executable}\nimport json, sys\nwith open({str(calls)!r}, 'a+') as f:\n"
+        "    f.seek(0); n = len(f.readlines()); f.write(json.dumps(sys.argv[1:]) + '\\n')\nprint(101 + n)\n"
+    )
+    (folder / "sbatch").chmod(0o755)
+    return dict(os.environ, PATH=f"{folder}:{os.environ['PATH']}")
+
+
+def test_chain_with_prepare_submits_four_jobs_training_after_prepare_on_its_folder(tmp_path):
+    manifest = tmp_path / "data" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text('{"video": "a.mp4", "question": "q", "answer": "a"}\n')
+    out, script = tmp_path / "runs" / "run", tmp_path / "train.sh"
+    done = vtt(
+        "chain", "--cluster", "ci", "--config", CONFIG, "--gpus", "1", "--eval-data", str(manifest),
+        "--prepare", str(manifest), "--prepare-cpus", "2", "-o", str(script), "--output_dir", str(out),
+        env=fake_sbatch(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "jobs: 101 102 103 104" in done.stdout
+    calls = [json.loads(line) for line in (tmp_path / "sbatch.jsonl").read_text().splitlines()]
+    prepare, train, evaluate, report = calls
+    folder = tmp_path / "runs" / "run-prepared"
+    assert "--partition=batch" in prepare and "--cpus-per-task=2" in prepare
+    assert not [word for word in prepare if word.startswith(("--gpus", "--gres", "--dependency"))]
+    assert f"--manifest {manifest} --out {folder} --trainer seq2seq --workers 2" in prepare[-1]
+    assert train == ["--parsable", "--dependency=afterok:101", "--kill-on-invalid-dep=yes", str(script)]
+    assert "--dependency=afterok:102" in evaluate and "--dependency=afterok:103" in report
+    text = script.read_text()
+    assert f"--dataset {folder}" in text and str(manifest) not in text  # trains on the folder, not the manifest
+    refused = vtt(
+        "chain", "--cluster", "ci", "--config", CONFIG, "--gpus", "1", "--eval-data", str(manifest),
+        "--prepare", str(manifest), "--prepare-out", str(out / "data"), "--output_dir", str(out),
+        env=fake_sbatch(tmp_path / "again"),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "overlap: a run's output_dir may not hold its data" in refused.stderr
+
+
+@pytest.mark.slow
+def test_chain_with_prepare_prepares_then_trains_on_the_prepared_folder_then_evals_and_reports(
+    slurm, demo_inputs, tmp_path
+):
+    from test_slurm_jobs import job_state
+
+    from vtt.data.datasets import is_prepared
+
+    out, folder = tmp_path / "run", tmp_path / "run-prepared"
+    arguments = ["--model_name_or_path", str(demo_inputs["seq2seq"]), "--max_steps", "2", "--output_dir", str(out)]
+    arguments += ["--prepare", str(demo_inputs["manifest"]), "--prepare-cpus", "1", "-o", str(tmp_path / "train.sh")]
+    done = make(slurm, "chain", CLUSTER="ci", TRAINER="tiny-seq2seq", GPUS="1", DATA=str(demo_inputs["manifest"]),
+                ARGS=" ".join(arguments))  # fmt: skip
+    ids = re.search(r"^jobs: (\d+) (\d+) (\d+) (\d+)$", done.stdout, re.MULTILINE).groups()
+    shown = [show(job_id, slurm) for job_id in ids]
+    assert "Partition=batch" in shown[0] and "gres/gpu" not in shown[0] and "Dependency=(null)" in shown[0]
+    assert "Partition=debug" in shown[1] and f"Dependency=afterok:{ids[0]}" in shown[1]
+    assert f"Dependency=afterok:{ids[1]}" in shown[2] and f"Dependency=afterok:{ids[2]}" in shown[3]
+    states = [job_state(job_id, slurm) for job_id in ids]
+    steps = zip(("prepare-", "", "eval-", "report-"), ids, strict=True)
+    logs = [ROOT / "logs" / f"vtt-{step}tiny-seq2seq-{job_id}.out" for step, job_id in steps]
+    assert states == ["COMPLETED"] * 4, "\n".join(log.read_text()[-2000:] for log in logs if log.exists())
+    starts = [re.search(r"StartTime=(\S+)", show(job_id, slurm)).group(1) for job_id in ids]
+    ends = [re.search(r"EndTime=(\S+)", show(job_id, slurm)).group(1) for job_id in ids]
+    assert starts[1] >= ends[0] and starts[2] >= ends[1] and starts[3] >= ends[2]
+    assert is_prepared(folder) and not (out / "dataset_info.json").exists()
+    assert f"--dataset {folder}" in (tmp_path / "train.sh").read_text()  # the training read the prepared folder
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "eval_generation.json").exists() and (out / "report.html").exists()
+
+
 def test_report_of_a_sweep_folder_ranks_its_runs_by_final_loss_on_one_page(tmp_path):
     folder = tmp_path / "sweep"
     for name, losses in {"learning_rate=1e-3,seed=1": [3.0, 2.5], "learning_rate=3e-3,seed=1": [3.0, 1.5]}.items():

@@ -61,6 +61,13 @@ class Profile:
         default="slurm", metadata={"help": "slurm: an sbatch script; local: a bash script that runs `vtt run` here."}
     )
     partition: str | None = field(default=None, metadata={"help": "sbatch --partition."})
+    cpu_partition: str | None = field(
+        default=None,
+        metadata={
+            "help": "sbatch --partition of CPU-only steps (`vtt chain --prepare`). Unset: they run on partition, "
+            "asking for no GPU."
+        },
+    )
     account: str | None = field(default=None, metadata={"help": "sbatch --account."})
     qos: str | None = field(default=None, metadata={"help": "sbatch --qos."})
     time: str | None = field(default=None, metadata={"help": "sbatch --time limit: MM, HH:MM:SS or D-HH:MM:SS."})
@@ -201,7 +208,17 @@ def validate(profile: Profile) -> Profile:
     if profile.scheduler == "slurm" and profile.gpus_per_node is None:
         raise ValueError(f"{path}: gpus_per_node is missing: a Slurm profile says how many GPUs a node has")
     if profile.scheduler == "local":
-        slurm_only = ["partition", "account", "qos", "time", "constraint", "gpu_type", "mem_per_node", "cpus_per_gpu"]
+        slurm_only = [
+            "partition",
+            "cpu_partition",
+            "account",
+            "qos",
+            "time",
+            "constraint",
+            "gpu_type",
+            "mem_per_node",
+            "cpus_per_gpu",
+        ]
         given = [key for key in slurm_only if getattr(profile, key) is not None] + (
             ["sbatch_extra"] if profile.sbatch_extra else []
         )
