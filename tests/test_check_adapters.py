@@ -182,7 +182,7 @@ def test_qlora_under_zero3_warns_that_its_base_is_not_partitioned(tmp_path):
 
 
 def test_qlora_weight_bytes_are_what_bitsandbytes_holds(demo_inputs):
-    bnb = pytest.importorskip("bitsandbytes")  # the gpu extra; bitsandbytes 0.50 quantises on a CPU as well
+    import bitsandbytes as bnb  # a test extra too: bitsandbytes 0.50 quantises on a CPU as well
     from transformers import BitsAndBytesConfig
 
     from vtt.check.memory import quantised_bytes
