@@ -22,6 +22,17 @@ def demo_inputs(tmp_path_factory) -> dict[str, Path]:
     return build_inputs(tmp_path_factory.mktemp("demo"))
 
 
+@pytest.fixture(scope="module")  # per module: a module may write beside it
+def held_out(demo_inputs, tmp_path_factory) -> Path:
+    """A 3-clip eval split of the demo clips, in its own folder (video paths made absolute)."""
+    lines = [json.loads(line) for line in demo_inputs["manifest"].read_text().splitlines()][:3]
+    for line in lines:
+        line["video"] = str(demo_inputs["manifest"].parent / line["video"])
+    path = tmp_path_factory.mktemp("held-out") / "eval.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
 def tiny_run(demo_inputs: dict[str, Path], trainer: str) -> list[str]:
     """The overrides that point a tiny run config at the demo's model for `trainer` and at its clips."""
     return ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]

@@ -44,17 +44,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def held_out(demo_inputs, tmp_path_factory) -> Path:
-    """A 3-clip eval split of the demo clips (video paths made absolute)."""
-    lines = [json.loads(line) for line in demo_inputs["manifest"].read_text().splitlines()][:3]
-    for line in lines:
-        line["video"] = str(demo_inputs["manifest"].parent / line["video"])
-    path = tmp_path_factory.mktemp("held-out") / "eval.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained(demo_inputs, held_out, tmp_path_factory) -> dict:
     """Each trainer's adapter run (4 steps, eval split generated at the end); the seq2seq one also saves
     checkpoints and pushes itself to a stand-in Hub, whose files are returned under "pushed"."""

@@ -40,17 +40,6 @@ def vtt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def held_out(demo_inputs, tmp_path_factory) -> Path:
-    """A 3-clip eval split of the demo clips, in its own folder (video paths made absolute)."""
-    lines = [json.loads(line) for line in demo_inputs["manifest"].read_text().splitlines()][:3]
-    for line in lines:
-        line["video"] = str(demo_inputs["manifest"].parent / line["video"])
-    path = tmp_path_factory.mktemp("held-out") / "eval.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-@pytest.fixture(scope="module")
 def runs(demo_inputs, held_out, tmp_path_factory) -> dict[str, Path]:
     """Each trainer's output_dir after 6 steps with an eval split, HF_TOKEN set in the environment."""
     out = tmp_path_factory.mktemp("runs")
