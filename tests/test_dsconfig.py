@@ -15,6 +15,7 @@ from conftest import tiny_run
 from vtt.check.deepspeed import TRAINER_OWNED, check_run, fix_deepspeed, read_deepspeed
 from vtt.cli import main as vtt
 from vtt.cluster.local import deepspeed_command
+from vtt.config import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["vtt", "training_arguments", "transformers", "accelerate", "deepspeed"]
@@ -368,7 +369,7 @@ def test_runtime_fails_where_check_names_the_key(demo_inputs, tmp_path):
     report = check_run("jobs/tiny-seq2seq.yaml", 2, overrides=overrides)
     assert [(p.key, p.value, p.expected) for p in report.errors] == [("gradient_accumulation_steps", 2, 1)]
     # Straight to the deepspeed launcher: `vtt run` would stop at its own pre-flight check, before the runtime.
-    command = deepspeed_command("jobs/tiny-seq2seq.yaml", 2, overrides)
+    command = deepspeed_command(run_command("jobs/tiny-seq2seq.yaml", overrides), 2)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "ds gradient_accumulation_steps=2 vs hf gradient_accumulation_steps=1" in done.stdout + done.stderr

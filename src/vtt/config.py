@@ -269,6 +269,11 @@ class RunCommand:
         return trainer
 
 
+def run_command(config: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunCommand:
+    """The RunCommand of a run config (None: none) and its `--name value` overrides, as vtt's commands take them."""
+    return read_command([*(["--config", str(config)] if config else []), *overrides])
+
+
 def read_command(argv: list[str] | tuple[str, ...] | RunCommand | None = None) -> RunCommand:
     """`argv` (default: this process's command line; or `--config FILE --name value ...`) as a RunCommand."""
     if isinstance(argv, RunCommand):

@@ -50,7 +50,7 @@ from vtt.check.memory import (
 )
 from vtt.check.rules import BATCH_KEYS, Problem, get
 from vtt.check.runtime import TRAINER_OWNED, quiet, runtime_problems, training_arguments
-from vtt.config import RunCommand, read_command
+from vtt.config import RunCommand, run_command
 from vtt.files import shipped
 from vtt.models.size import AdapterError, ParameterCount, trainable_line
 
@@ -127,7 +127,7 @@ def check_run(
 
 
 def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, disk: bool) -> CheckReport:
-    command = read_command([*(["--config", str(config)] if config else []), *overrides])
+    command = run_command(config, overrides)
     from_argv, command = command.given("deepspeed"), command.without("deepspeed")
     run, task, args, named, problems = training_arguments(command, world)
     chosen = deepspeed or from_argv or named

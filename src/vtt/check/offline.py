@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtt.config import RunCommand, read_command
+from vtt.config import RunCommand, run_command
 
 # The run-config fields that name something on the Hub, and what kind of repo it is.
 HUB_FIELDS = {"model_name_or_path": "model", "dataset": "dataset", "eval_dataset": "dataset"}
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="HF_HOME to check (default: this environment's)")
     args, overrides = parser.parse_known_args(argv)
     try:
-        require_staged(read_command(["--config", args.config, *overrides]), hub_cache(args.cache))
+        require_staged(run_command(args.config, overrides), hub_cache(args.cache))
     except ValueError as err:
         print(err, file=sys.stderr)
         return 1

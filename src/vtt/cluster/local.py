@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vtt.check.offline import require_staged_if_offline
-from vtt.config import read_command
+from vtt.config import RunCommand, run_command
 from vtt.files import shipped
 from vtt.train.environment import job_environment
 from vtt.train.throughput import LAUNCH_TIME_ENV
@@ -69,10 +69,9 @@ def per_node_launch(gpus: int, master_port: int | None = None) -> list[str]:
     ]
 
 
-def deepspeed_command(config: str | Path, gpus: int, overrides: list[str], master_port: int | None = None) -> list[str]:
-    """The command that trains `config` on `gpus` local processes."""
-    module = f"vtt.train.{read_command(['--config', str(config), *overrides]).trainer}"
-    return [*per_node_launch(gpus, master_port), "--module", module, "--config", str(config), *overrides]
+def deepspeed_command(run: RunCommand, gpus: int, master_port: int | None = None) -> list[str]:
+    """The command that trains `run` (a run config and its overrides) on `gpus` local processes."""
+    return [*per_node_launch(gpus, master_port), "--module", f"vtt.train.{run.trainer}", *run.argv]
 
 
 def _ignore_usr1() -> None:
@@ -104,9 +103,10 @@ def forward_stop_signals(proc: subprocess.Popen) -> None:
 
 def train_locally(config: str | Path, gpus: int, overrides: list[str], log: Path | None = None) -> int:
     """Run the job here; stream its output (and tee it into `log` when given). Returns the exit code."""
-    command = deepspeed_command(config, gpus, overrides)
+    run = run_command(config, overrides)
+    command = deepspeed_command(run, gpus)
     # On an offline node, a model missing from the cache fails here in seconds, not after the launch.
-    require_staged_if_offline(read_command(["--config", str(config), *overrides]))
+    require_staged_if_offline(run)
     env = job_environment()
     env[LAUNCH_TIME_ENV] = str(time.time())
     if log is None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from vtt.check.offline import hub_cache, hub_repos, ignore_patterns, named_values, not_in_cache
-from vtt.config import read_command
+from vtt.config import run_command
 from vtt.files import shipped, write_atomically
 
 MANIFEST = "vtt-staged.json"
@@ -58,7 +58,7 @@ def stage(config: str | Path, overrides: list[str], cache_home: Path | None = No
 
     home = Path(cache_home) if cache_home is not None else Path(constants.HF_HOME)
     cache_dir = hub_cache(cache_home)
-    repos, absent = hub_repos(named_values(read_command(["--config", str(config), *overrides])))
+    repos, absent = hub_repos(named_values(run_command(config, overrides)))
     for line in absent:
         print(f"vtt stage: not on the Hub, not staged: {line}")
     entries = {}

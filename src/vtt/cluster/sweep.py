@@ -75,13 +75,13 @@ def plan(profile, config: str, gpus: int, nodes: int | None, grid, extra: list[s
 
     Every combination is checked (jobs.preflight) and every problem is listed, one line a combination.
     """
-    from vtt.config import read_command
+    from vtt.config import run_command
 
     if profile.scheduler != "slurm":
         raise ValueError(f"{profile.path}: scheduler is {profile.scheduler}: a sweep is a Slurm job array")
     if max_parallel is not None and max_parallel < 1:
         raise ValueError(f"--max-parallel {max_parallel}: give 1 or more tasks at once")
-    command = read_command(["--config", config, *extra])
+    command = run_command(config, extra)
     twice = [name for name, _ in grid if command.given(name) is not None]
     if twice:
         raise ValueError(f"--{twice[0]} is given as an argument and in --grid: give it in one place")
