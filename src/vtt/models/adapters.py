@@ -23,6 +23,7 @@ from typing import Any
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# The Auto class each trainer loads its model with (vtt.models.size counts with the same).
 AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
 
 

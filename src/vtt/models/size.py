@@ -22,8 +22,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from vtt.models._compat import hf_deepspeed_config_set_aside
-
-TRAINER_AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
+from vtt.models.adapters import AUTO_CLASSES
 
 
 def freeze_vision_tower(model) -> None:
@@ -66,7 +65,7 @@ def count_parameters(config, trainer: str | None, vision_frozen: bool = False, t
     import torch
     import transformers
 
-    auto = getattr(transformers, TRAINER_AUTO_CLASSES.get(trainer or "", "AutoModel"))
+    auto = getattr(transformers, AUTO_CLASSES.get(trainer or "", "AutoModel"))
     adapter = None
     # peft's layers are built inside the block too: on meta, where the base layers are (no init on a CPU)
     with torch.device("meta"), hf_deepspeed_config_set_aside():

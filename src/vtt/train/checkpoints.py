@@ -36,7 +36,15 @@ from transformers import TrainerCallback
 from vtt import collective
 from vtt.config import world_size
 from vtt.exits import Exit
-from vtt.files import CHECKPOINT_MARKER, checkpoint_marker, checkpoints, complete_checkpoints, step_of, write_atomically
+from vtt.files import (
+    CHECKPOINT_MARKER,
+    CHECKPOINT_PREFIX,
+    checkpoint_marker,
+    checkpoints,
+    complete_checkpoints,
+    step_of,
+    write_atomically,
+)
 from vtt.models import adapters
 
 
@@ -197,10 +205,11 @@ class CompleteCheckpoints(TrainerCallback):
         # Last of the callbacks, so the save decision is final: a folder of this step from a run started with
         # --resume false loses its marker before the save writes over it, as a half-written one must.
         if control.should_save and collective.is_rank0():
-            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_MARKER).unlink(missing_ok=True)
+            folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         collective.gather(None)
         check_saved_adapter(folder, model)
         if collective.is_rank0():
