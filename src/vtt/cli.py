@@ -13,6 +13,7 @@ import sys
 # stays fast; each has add_arguments(parser) and run(args, extra) -> exit code.
 COMMANDS = {
     "demo": ("vtt.demo", "build tiny models and videos, train both trainers here, print the losses"),
+    "tiny": ("vtt.models.tiny_video", "build a tiny random model of a family with its real processor, for tests"),
     "run": ("vtt.cluster.local", "run a job on this machine with the deepspeed launcher"),
     "check": ("vtt.check.deepspeed", "check a DeepSpeed file against the training arguments and the GPU count"),
     "render": ("vtt.cluster.jobs", "check a run config on a cluster profile and write its job script"),

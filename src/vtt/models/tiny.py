@@ -70,12 +70,15 @@ def _corpus() -> list[str]:
     return [" ".join(VOCABULARY)] * 20
 
 
-def llava_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with the ChatML and `<image>` special tokens."""
+def byte_bpe_tokenizer(
+    special: list[str], eos: str, chat_template: str, extra_special_tokens: dict[str, str] | None = None, **named: str
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the demo words, with `special` tokens (`<pad>` and `<unk>` first),
+    `eos`, the chat template, and named extra special tokens (`image_token`, `video_token`, ...) that the
+    processors read as tokenizer attributes. `named`: further standard names (bos_token, ...)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    special = ["<pad>", "<unk>", "<image>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
@@ -85,11 +88,18 @@ def llava_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tok,
         pad_token="<pad>",
         unk_token="<unk>",
-        eos_token="<|im_end|>",
-        extra_special_tokens={"image_token": "<image>"},
+        eos_token=eos,
+        extra_special_tokens=extra_special_tokens or {},
+        **named,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
+
+
+def llava_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the ChatML and `<image>` special tokens."""
+    special = ["<pad>", "<unk>", "<image>", "<|im_start|>", "<|im_end|>"]
+    return byte_bpe_tokenizer(special, "<|im_end|>", CHAT_TEMPLATE, {"image_token": "<image>"})
 
 
 def build_tiny_llava(out: str | Path, seed: int = 0) -> Path:

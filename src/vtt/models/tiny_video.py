@@ -1,0 +1,180 @@
+"""Tiny random video-language models, one per family, with the family's real processor classes, chat template
+and special tokens (no download): `vtt tiny --family F --out DIR [--seed N]` builds one, the tests use them.
+
+    from vtt.models.tiny_video import build_tiny_vlm
+    build_tiny_vlm("qwen2_5_vl", "outputs/tiny-qwen2_5_vl")   # loads with AutoProcessor / AutoModelForImageTextToText
+
+Each is built from its config (text: ~64 hidden, 2 layers; vision: 2 layers, small patches, so a 64x48 frame
+gives few tokens), a byte-level BPE tokenizer trained on the demo words (models.tiny), and saved with
+save_pretrained. The chat templates are the hub's (templates.py). Facts per family, for counting visual
+tokens from a video's size and frame count before decoding (transformers 5.24; all video processors need
+torchvision; frames come in as a list of HxWx3 arrays with `do_sample_frames=False`):
+
+- qwen2_5_vl (Qwen2_5_VLProcessor; Qwen2VLImageProcessor, Qwen2VLVideoProcessor). Budget per frame: the video
+  processor's `min_pixels` / `max_pixels` (init or call kwargs; stored as size {"shortest_edge": min_pixels,
+  "longest_edge": max_pixels}). Each frame is smart_resized to H', W' multiples of patch_size*merge_size
+  (28 in the real model, 16 here) with min_pixels <= H'W' <= max_pixels, aspect kept. Frames are grouped by
+  temporal_patch_size (2): an odd count is padded by repeating the last frame. Tokens per video:
+  ceil(T / 2) * (H'/patch) * (W'/patch) / merge_size**2, each one `<|video_pad|>`, wrapped by the template
+  in `<|vision_start|>...<|vision_end|>`. video_grid_thw = (ceil(T/2), H'/patch, W'/patch). fps (call
+  kwarg, or video_metadata.fps) goes into second_per_grid_ts = temporal_patch_size / fps for the model's
+  time positions (tokens_per_second in the vision config); it does not change the token count.
+  `cap_pixels_per_frame=True` (qwen-vl-utils' behaviour) also caps each frame at a share of
+  `max_video_tokens`; unset, transformers warns and keeps no total cap.
+- qwen3_vl (Qwen3VLProcessor; Qwen2VLImageProcessor, Qwen3VLVideoProcessor). Budget: the video processor's
+  size {"shortest_edge", "longest_edge"} as min/max pixels *of the whole clip* (T*H*W; real defaults
+  128*32*32 / 768*32*32... see its class), patch 16 and merge 2 in the real model (factor 32). Temporal
+  patch 2 as above. The processor writes a timestamp before each temporal patch from video_metadata
+  (fps and frames_indices: the mean time of each pair of frames, "<t seconds>" as text tokens) and
+  expands to `<|vision_start|><|video_pad|>*n<|vision_end|>` per temporal patch, where
+  n = (H'/patch)*(W'/patch)/merge**2: without metadata it warns and assumes 24 fps.
+- llava_onevision (LlavaOnevisionProcessor; LlavaOnevisionImageProcessor, LlavaOnevisionVideoProcessor).
+  Every frame is resized to size {"height", "width"} (384 in the real model, no aspect kept); the tower
+  gives (size/patch)**2 features a frame, which the model pools 2x2 (bilinear, ceil) and follows with one
+  newline token for the whole video: tokens = T * ceil(n/2)**2 + 1 with n = size/patch (real: 196*T + 1),
+  each `<video>`. No pixel budget beyond size; no temporal patch.
+- llava_next_video (LlavaNextVideoProcessor; LlavaNextImageProcessor, LlavaNextVideoVideoProcessor). Frames
+  resized to shortest_edge then center-cropped to crop_size (336 in the real model); per frame
+  (crop/patch)**2 features pooled by spatial_pool_stride (2): tokens = T * (crop/patch/stride)**2
+  (real: 144*T), each `<video>`; no newline, no temporal patch.
+- smolvlm (SmolVLMProcessor; SmolVLMImageProcessor, SmolVLMVideoProcessor). Every frame is resized to
+  video_sampling["video_size"] / size {"longest_edge"} (then padded square) = one image of
+  image_seq_len = (size/patch)**2 / scale_factor**2 tokens (real: 64). The text per video is a header
+  ("You are provided the following series of N frames from a 0:00:0S [H:MM:SS] video.") and per frame
+  "\nFrame from MM:SS:<fake_token_around_image><global-img><image>*image_seq_len<fake_token_around_image>",
+  then "\n\n"; the timestamps come from video_metadata (frames_indices / fps). Tokens `<image>` per video:
+  T * image_seq_len (the video token `<video>` is only the template's placeholder).
+- llava: models.tiny.build_tiny_llava (frames as images through LlavaProcessor, no video processor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from vtt.models import tiny_templates as templates
+from vtt.models.tiny import LLAVA_TEXT, build_tiny_llava, byte_bpe_tokenizer
+from vtt.outputs import claim_output
+
+FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video", "smolvlm")
+RECORD = "vtt-tiny.json"  # written into every built model: what `vtt tiny` may replace
+TEXT = LLAVA_TEXT["tiny"]  # hidden 64, 2 layers, 4 heads (head_dim 16), 2 kv heads
+FRAME = (48, 64)  # the frame (height, width) the tiny budgets are sized for
+QWEN_SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>", "<|endoftext|>"]  # fmt: skip
+QWEN_NAMED = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+              "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}  # fmt: skip
+
+
+def _qwen_tokenizer(template: str):
+    return byte_bpe_tokenizer(QWEN_SPECIAL, "<|im_end|>", template, QWEN_NAMED)
+
+
+def _qwen_ids(tok) -> dict[str, int]:
+    ids = {n: tok.convert_tokens_to_ids(QWEN_NAMED[n.replace("_id", "")]) for n in ("image_token_id", "video_token_id")}
+    ids["vision_start_token_id"] = tok.convert_tokens_to_ids("<|vision_start|>")
+    ids["vision_end_token_id"] = tok.convert_tokens_to_ids("<|vision_end|>")
+    return ids
+
+
+def _text(tok, **extra) -> dict:
+    return {**TEXT, "vocab_size": len(tok), "max_position_embeddings": 4096, "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id, "bos_token_id": None, **extra}  # fmt: skip
+
+
+def _qwen2_5_vl(seed: int):
+    tok = _qwen_tokenizer(templates.QWEN2_5_VL)
+    patch, merge = 8, 2
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2, out_hidden_size=TEXT["hidden_size"],
+                  window_size=32, fullatt_block_indexes=[1], tokens_per_second=2)  # fmt: skip
+    config = Qwen2_5_VLConfig(text_config=_text(tok, rope_parameters=rope), vision_config=vision, **_qwen_ids(tok))
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    pixels = dict(patch_size=patch, merge_size=merge, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True, max_video_tokens=4096),
+        tokenizer=tok,
+        chat_template=templates.QWEN2_5_VL,
+    )
+    return model, processor
+
+
+def _qwen3_vl(seed: int):
+    tok = _qwen_tokenizer(templates.QWEN3_VL)
+    patch, merge = 8, 2
+    rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2, out_hidden_size=TEXT["hidden_size"],
+                  num_position_embeddings=64, deepstack_visual_indexes=[0])  # fmt: skip
+    text = _text(tok, rope_parameters=rope, head_dim=TEXT["hidden_size"] // TEXT["num_attention_heads"])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    common = dict(patch_size=patch, merge_size=merge, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**common, min_pixels=16 * 16, max_pixels=64 * 64),
+        # Qwen3-VL's video budget is on the whole clip (T * H * W), here up to 16 frames of 64x64.
+        video_processor=Qwen3VLVideoProcessor(**common, size={"shortest_edge": 512, "longest_edge": 64 * 64 * 16}),
+        tokenizer=tok,
+        chat_template=templates.QWEN3_VL,
+    )
+    return model, processor
+
+
+BUILDERS = {"qwen2_5_vl": _qwen2_5_vl, "qwen3_vl": _qwen3_vl}
+
+
+def build_tiny_vlm(family: str, out: str | Path, seed: int = 0) -> Path:
+    """A tiny random model of `family` (FAMILIES) and its real processor, saved to `out`; returns `out`."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
+    out = Path(out)
+    if family == "llava":
+        build_tiny_llava(out, seed=seed)
+    else:
+        model, processor = BUILDERS[family](seed)
+        tok = processor.tokenizer
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    (out / RECORD).write_text(json.dumps({"family": family, "seed": seed}) + "\n")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", required=True, help=f"one of: {', '.join(FAMILIES)}")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="the folder to write (an earlier `vtt tiny` one is replaced)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unknown arguments: {' '.join(extra)}")
+    if args.family not in FAMILIES:
+        raise ValueError(f"--family {args.family}: unknown; one of {', '.join(FAMILIES)}")
+    with claim_output(args.out, "tiny") as claim:
+        staging = claim.staging()
+        build_tiny_vlm(args.family, staging, seed=args.seed)
+        out = claim.publish(staging)
+    print(f"vtt tiny: {args.family} (seed {args.seed}) -> {out}")
+    return 0
