@@ -55,15 +55,34 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextImageProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2Config,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
+    SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
 )
 
 from vtt.models import tiny_templates as templates
@@ -138,7 +157,115 @@ def _qwen3_vl(seed: int):
     return model, processor
 
 
-BUILDERS = {"qwen2_5_vl": _qwen2_5_vl, "qwen3_vl": _qwen3_vl}
+# LLaVA towers: 32x32 frames in patches of 8 = 16 features a frame (CLIP adds a CLS the "default" strategy drops).
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+             patch_size=8)  # fmt: skip
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+CLIP_NORM = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
+def _llava_onevision(seed: int):
+    special = ["<pad>", "<unk>", "<image>", "<video>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+    tok = byte_bpe_tokenizer(special, "<|im_end|>", templates.LLAVA_ONEVISION,
+                             {"image_token": "<image>", "video_token": "<video>"})  # fmt: skip
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**TOWER),
+        text_config=Qwen2Config(**_text(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=PINPOINTS,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    norm = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS, **norm
+        ),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32}, **norm),
+        tokenizer=tok,
+        num_image_tokens=(32 // 8) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=templates.LLAVA_ONEVISION,
+    )
+    return model, processor
+
+
+def _llava_next_video(seed: int):
+    special = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
+    tok = byte_bpe_tokenizer(special, "</s>", templates.LLAVA_NEXT_VIDEO,
+                             {"image_token": "<image>", "video_token": "<video>"}, bos_token="<s>")  # fmt: skip
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(**TOWER, projection_dim=32),
+        text_config=LlamaConfig(**_text(tok)),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_grid_pinpoints=PINPOINTS,
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        image_seq_length=(32 // 8) ** 2,
+        video_seq_length=(32 // 8) ** 2 // 4,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextVideoForConditionalGeneration(config)
+    crop = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, **CLIP_NORM)
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(**crop),
+        image_processor=LlavaNextImageProcessor(**crop, image_grid_pinpoints=PINPOINTS),
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=templates.LLAVA_NEXT_VIDEO,
+    )
+    return model, processor
+
+
+def _smolvlm(seed: int):
+    grid = [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]  # image splitting: up to 2x2 tiles of 32
+    special = ["<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<global-img>",
+               "<image>", "<video>", *grid]  # fmt: skip
+    named = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+             "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"}  # fmt: skip
+    tok = byte_bpe_tokenizer(special, "<end_of_utterance>", templates.SMOLVLM2, named, bos_token="<|im_start|>")
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)  # fmt: skip
+    scale = 2
+    config = SmolVLMConfig(
+        vision_config=vision,
+        text_config=_text(tok, model_type="llama"),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config)
+    norm = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3, max_image_size={"longest_edge": 32})
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size={"longest_edge": 64}, do_image_splitting=True, **norm),
+        video_processor=SmolVLMVideoProcessor(
+            video_sampling={"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 32}}, **norm
+        ),
+        tokenizer=tok,
+        image_seq_len=(32 // 8) ** 2 // scale**2,
+        chat_template=templates.SMOLVLM2,
+    )
+    return model, processor
+
+
+BUILDERS = {
+    "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": _qwen3_vl,
+    "llava_onevision": _llava_onevision,
+    "llava_next_video": _llava_next_video,
+    "smolvlm": _smolvlm,
+}
 
 
 def build_tiny_vlm(family: str, out: str | Path, seed: int = 0) -> Path:
