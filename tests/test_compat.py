@@ -69,24 +69,6 @@ def test_accelerated_optimizer_holds_the_optimizer_that_steps_as_optimizer():
     assert calls == [1] and torch.equal(weight.detach(), torch.zeros(2))
 
 
-def test_trl_still_refuses_pad_to_multiple_of_for_vision_prompt_completion_rows():
-    """When this fails TRL pads such rows itself: drop sft_trainer_without_pad_multiple and vtt's own padding."""
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-
-    collator = DataCollatorForVisionLanguageModeling(processor=None, pad_to_multiple_of=8)
-    with pytest.raises(NotImplementedError, match="Padding to a multiple"):
-        collator._collate_prompt_completion([{"prompt": [], "completion": []}])
-
-
-def test_pad_multiple_is_unset_while_the_trainer_is_built_and_restored_after():
-    from types import SimpleNamespace
-
-    training = SimpleNamespace(pad_to_multiple_of=64)
-    with train_compat.sft_trainer_without_pad_multiple(training) as multiple:
-        assert multiple == 64 and training.pad_to_multiple_of is None
-    assert training.pad_to_multiple_of == 64
-
-
 def test_hub_network_errors_are_exception_classes_huggingface_hub_retries():
     from huggingface_hub.utils import _http
 

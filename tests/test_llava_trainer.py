@@ -1,11 +1,17 @@
-"""The llava trainer's data path: the processor fix and the loss mask."""
+"""The llava trainer's data path for LLaVA (frames as images): the processor fix, the loss mask, padding."""
 
 from __future__ import annotations
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vtt.data.collate import VisionCollator
 from vtt.data.datasets import llava_dataset
+from vtt.models.families import family_of
 from vtt.models.llava import fix_processor
+
+
+def collator(processor, model, multiple=None) -> VisionCollator:
+    return VisionCollator(processor, family_of(model.config, processor), multiple)
 
 
 def test_processor_fix_fills_settings_from_model_config(demo_inputs):
@@ -18,17 +24,13 @@ def test_processor_fix_fills_settings_from_model_config(demo_inputs):
     assert processor.num_additional_image_tokens == 0  # SigLIP adds no CLS token
 
 
-def test_loss_covers_only_the_answer(demo_inputs, tmp_path):
-    from trl import SFTConfig, SFTTrainer
-
+def test_loss_covers_only_the_answer(demo_inputs):
     processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
     model = AutoModelForImageTextToText.from_pretrained(demo_inputs["llava"])
     fix_processor(processor, model.config)
     data = llava_dataset(demo_inputs["manifest"], 3)
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     rows = [data[0], data[1]]
-    batch = trainer.data_collator(rows)
+    batch = collator(processor, model)(rows)
     image_id = model.config.image_token_id
     for row, ids, labels in zip(rows, batch["input_ids"], batch["labels"], strict=True):
         kept = labels[labels != -100]
@@ -49,16 +51,12 @@ def test_processor_fix_leaves_a_configured_processor_alone(demo_inputs):
     assert (processor.patch_size, processor.vision_feature_select_strategy) == (4, "default")
 
 
-def collated_padded_batch(demo_inputs, model, processor):
-    """Two rows through TRL's own collator, the second answer longer: one row carries padding."""
-    from trl import SFTConfig, SFTTrainer
-
+def collated_padded_batch(demo_inputs, model, processor, multiple=None):
+    """Two rows through vtt's collator, the second answer longer: one row carries padding."""
     data = llava_dataset(demo_inputs["manifest"], 2)
-    args = SFTConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", max_length=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     rows = [data[0], data[1]]
     rows[1]["completion"][0]["content"][0]["text"] += " and then it stops in the corner of the frame"
-    return trainer.data_collator(rows)
+    return collator(processor, model, multiple)(rows)
 
 
 def test_right_padded_batches_reach_sdpa_without_a_mask_and_give_the_same_logits(demo_inputs, monkeypatch):
@@ -72,7 +70,7 @@ def test_right_padded_batches_reach_sdpa_without_a_mask_and_give_the_same_logits
     batch = collated_padded_batch(demo_inputs, model, processor)
     mask = batch["attention_mask"].bool()
     assert not mask.all(), "the batch must carry padding for this test to mean anything"
-    assert is_right_padded(batch["attention_mask"])  # TRL flushes rows left: padding only at the end
+    assert is_right_padded(batch["attention_mask"])  # vtt pads on the right
 
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -131,7 +129,6 @@ def test_frozen_vision_tower_keeps_its_weights_while_the_rest_trains(demo_inputs
 def test_batches_padded_to_a_multiple_keep_right_padding_and_the_same_loss(demo_inputs):
     import torch
 
-    from vtt.data.datasets import pad_to_multiple
     from vtt.models.attention import is_right_padded
 
     processor = AutoProcessor.from_pretrained(demo_inputs["llava"])
@@ -139,8 +136,8 @@ def test_batches_padded_to_a_multiple_keep_right_padding_and_the_same_loss(demo_
     fix_processor(processor, model.config)
     batch = collated_padded_batch(demo_inputs, model, processor)
     length = batch["input_ids"].shape[1]
-    multiple = length + 5  # never a multiple already: the wrapper must add padding
-    padded = pad_to_multiple(lambda rows: dict(batch), multiple, processor.tokenizer.pad_token_id)([])
+    multiple = length + 5  # never a multiple already: the collator must add padding
+    padded = collated_padded_batch(demo_inputs, model, processor, multiple)
     assert padded["input_ids"].shape[1] == multiple
     assert (padded["input_ids"][:, length:] == processor.tokenizer.pad_token_id).all()
     assert (padded["labels"][:, length:] == -100).all() and not padded["attention_mask"][:, length:].any()
@@ -148,4 +145,3 @@ def test_batches_padded_to_a_multiple_keep_right_padding_and_the_same_loss(demo_
     assert torch.equal(padded["pixel_values"], batch["pixel_values"])
     with torch.no_grad():
         assert torch.allclose(model(**padded).loss, model(**batch).loss, atol=1e-5)
-    assert pad_to_multiple(len, None, 0) is len  # not configured: the collator as it was

@@ -64,7 +64,8 @@ def test_prepare_writes_llava_rows_skips_bad_samples_and_exits_1_over_the_ratio(
     assert len(data) == 6
     row = data[0]
     assert len(row["images"]) == 3 and isinstance(row["images"][0], Image.Image) and row["images"][0].size == (32, 24)
-    assert [p["type"] for p in row["prompt"][0]["content"]] == ["text", "image", "image", "image"]
+    assert [p["type"] for p in row["prompt"][0]["content"]] == ["text"]  # the collator adds the clip
+    assert len(row["clip"]["times"]) == 3 and row["clip"]["rate"] > 0  # for the video processors' metadata
     rejects = {r["line"]: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
     assert sorted(rejects) == [7, 8, 9, 10]
     assert "no such file" in rejects[7]["reason"] and rejects[7]["video"].endswith("missing.mp4")

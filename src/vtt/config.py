@@ -73,6 +73,16 @@ class VideoArguments:
         default=None, metadata={"help": "Frames a second to sample instead of num_frames (capped by max_frames)."}
     )
     max_frames: int | None = field(default=None, metadata={"help": "At most this many frames with fps sampling."})
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Qwen-VL: the fewest pixels a frame is resized to (default: the processor's)."}
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Qwen-VL: the most pixels a frame is resized to (default: the processor's)."}
+    )
+    max_visual_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Leave out (and report) a sample whose clip would give more visual tokens than this."},
+    )
     video_backend: str = field(
         default="opencv", metadata={"help": "Decoder of the clips.", "choices": ["opencv", "pyav"]}
     )

@@ -16,33 +16,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, load_from_disk
 
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url
 from vtt.data.manifest import REQUIRED, Reject, Sample, manifest_entries, read_manifest  # noqa: F401 (re-exported)
-from vtt.data.video import Sampling, VideoError, read_frames
+from vtt.data.video import Clip, Sampling, VideoError, read_clip
 
 
 def llava_example(sample: Sample, frames: list) -> dict[str, Any]:
-    """The seed's conversation, split at the assistant turn so the loss covers the answer only."""
+    """The question and the answer, split at the assistant turn so the loss covers the answer only, and the
+    clip's frames; vtt.data.collate puts the clip into the user turn the way the model's family takes it."""
     return {
-        "prompt": [
-            {"role": "user", "content": [{"type": "text", "text": sample.question}] + [{"type": "image"}] * len(frames)}
-        ],
+        "prompt": [{"role": "user", "content": [{"type": "text", "text": sample.question}]}],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": sample.answer}]}],
         "images": frames,
     }
-
-
-def with_image_parts(prompt: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """The user turn of `prompt` with exactly `count` image parts after its text."""
-    [turn] = prompt
-    text = [part for part in turn["content"] if part["type"] != "image"]
-    return [{**turn, "content": text + [{"type": "image"}] * count}]
 
 
 def seq2seq_source(sample: Sample) -> str:
@@ -59,15 +51,6 @@ def seq2seq_source(sample: Sample) -> str:
 
 def is_prepared(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()
-
-
-def frame_size(processor) -> int | tuple[int, int] | None:
-    """The frame size the processor's image processor wants: (width, height), a longest side, or None."""
-    size = getattr(getattr(processor, "image_processor", processor), "size", None) or {}
-    size = dict(size) if not isinstance(size, int) else {"longest_edge": size}
-    if size.get("height") and size.get("width"):
-        return (int(size["width"]), int(size["height"]))
-    return int(size["longest_edge"]) if size.get("longest_edge") else None
 
 
 def local_video(video: str, cache: Path, policy: DownloadPolicy | None = None) -> Path:
@@ -88,50 +71,66 @@ class DecodeFrames:
     drops every column its collator does not take before the transform runs. A clip that cannot give
     frames is reported (stderr, and the `rejects` JSONL file when given) and its row is refilled with the
     next sample of `samples` whose clip decodes, so a micro batch keeps its size and no rank is left
-    without a clip. Only when REFILL_TRIES samples in a row fail is the row left without images, which
-    `skip_rejected` drops.
+    without a clip. Only when REFILL_TRIES samples in a row fail is the row left without images: the
+    collator gives it a stand-in clip and no labels (vtt.data.collate), so its rank still runs the model.
+    Each row also gets `clip`: its frames' times, the clip's rate and length, for the video processors.
     """
 
-    def __init__(self, sampling: Sampling, rejects: Path | None = None, samples: list[Sample] | None = None):
+    def __init__(
+        self,
+        sampling: Sampling,
+        rejects: Path | None = None,
+        samples: list[Sample] | None = None,
+        fixed_frames: bool = False,
+    ):
         self.sampling, self.rejects, self.samples = sampling, rejects, samples or []
+        # A family that stacks a batch's clips needs num_frames from every clip: a shorter one repeats frames.
+        self.fixed_frames = fixed_frames
         self.failed: set[int] = set()  # lines that failed in this process: reported once, never retried
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        from PIL import Image
-
-        batch = dict(batch)
+        batch = dict(batch, clip=[None] * len(batch["images"]))
         for i, refs in enumerate(batch["images"]):
             ref = json.loads(refs[0])
-            frames = self.frames(ref)
-            if not frames and self.samples:
-                sample, frames = self.substitute(ref)
-                if frames:
-                    example = llava_example(sample, frames)
+            clip = self.clip(ref)
+            if clip is None and self.samples:
+                sample, clip = self.substitute(ref)
+                if clip is not None:
+                    example = llava_example(sample, [])
                     batch["prompt"][i], batch["completion"][i] = example["prompt"], example["completion"]
-            # A clip shorter than the frames asked for gives fewer: the prompt gets one image part per frame.
-            batch["prompt"][i] = with_image_parts(batch["prompt"][i], len(frames))
-            batch["images"][i] = [Image.fromarray(frame) for frame in frames]
+            # No frames (the clip and its refills failed): the collator gives the row a stand-in, without labels.
+            batch["images"][i] = clip.frames if clip else []
+            batch["clip"][i] = {"times": clip.times, "rate": clip.rate, "duration": clip.duration} if clip else None
         return batch
 
-    def substitute(self, ref: dict[str, Any]) -> tuple[Sample | None, list]:
-        """The first of the REFILL_TRIES samples after `ref`'s whose clip decodes, and its frames; (None, [])."""
+    def substitute(self, ref: dict[str, Any]) -> tuple[Sample | None, Clip | None]:
+        """The first of the REFILL_TRIES samples after `ref`'s whose clip decodes, and its clip; (None, None)."""
         for step in range(1, REFILL_TRIES + 1):
             sample = self.samples[(ref["index"] + step) % len(self.samples)]
-            frames = self.frames({"video": sample.video, "line": sample.line, "id": own_id(sample)})
-            if frames:
+            clip = self.clip({"video": sample.video, "line": sample.line, "id": own_id(sample)})
+            if clip is not None:
                 print(f"vtt: line {ref['line']}'s place in the batch refilled with line {sample.line}", file=sys.stderr)
-                return sample, frames
-        return None, []
+                return sample, clip
+        return None, None
 
-    def frames(self, ref: dict[str, Any]) -> list:
+    def clip(self, ref: dict[str, Any]) -> Clip | None:
         if ref["line"] in self.failed:
-            return []
+            return None
         try:
-            return read_frames(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
+            clip = read_clip(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
         except (VideoError, DownloadError) as err:
             self.failed.add(ref["line"])
             report(Reject(ref["line"], ref["video"], str(err), err.cause, ref.get("id", "")), self.rejects)
-            return []
+            return None
+        return repeated_to(clip, self.sampling.num_frames) if self.fixed_frames else clip
+
+
+def repeated_to(clip: Clip, count: int) -> Clip:
+    """`clip` with `count` frames: a shorter clip's frames repeated evenly (as np.linspace picks them)."""
+    if len(clip.frames) >= count:
+        return clip
+    picks = np.linspace(0, len(clip.frames) - 1, count).round().astype(int)
+    return Clip([clip.frames[k] for k in picks], [clip.times[k] for k in picks], clip.rate, clip.duration)
 
 
 def report(reject: Reject, rejects: Path | None) -> None:
@@ -141,50 +140,6 @@ def report(reject: Reject, rejects: Path | None) -> None:
         rejects.parent.mkdir(parents=True, exist_ok=True)
         with rejects.open("a") as sink:  # one short append per line: safe from several workers
             sink.write(reject.json() + "\n")
-
-
-def skip_rejected(collator: Callable) -> Callable:
-    """Wrap a collator so rows without frames (clips that failed, with no refill that decoded) are left out."""
-
-    def collate(rows: list[dict[str, Any]]):
-        kept = [row for row in rows if "images" not in row or row["images"]]
-        if not kept:
-            raise VideoError(
-                "batch",
-                f"every one of its {len(rows)} clips and the {REFILL_TRIES} samples after each failed to decode "
-                "(see the lines above): the data is mostly unreadable; check the videos named there",
-            )
-        return collator(kept)
-
-    return collate
-
-
-def pad_to_multiple(collator: Callable, multiple: int | None, pad_token_id: int) -> Callable:
-    """Wrap a collator so each batch's sequence length is a multiple of `multiple`, padded on the right.
-
-    Batches of varying length each give attention a new shape, and cuDNN's SDPA kernel builds an
-    execution plan for every new shape (~45 ms a pass on an H100, bench/RESULTS.md); rounded lengths
-    repeat, so the plans are built once. TRL's own `pad_to_multiple_of` is not implemented for
-    vision-language prompt-completion rows. Added positions are padding: mask 0, label -100.
-    """
-    import torch
-
-    if not multiple or multiple <= 1:
-        return collator
-    fill = {"input_ids": pad_token_id, "labels": -100}
-
-    def collate(rows: list[dict[str, Any]]):
-        batch = collator(rows)
-        length = batch["input_ids"].shape[1]
-        extra = -length % multiple
-        if not extra:
-            return batch
-        for key, value in list(batch.items()):
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == length:
-                batch[key] = torch.nn.functional.pad(value, (0, extra), value=fill.get(key, 0))
-        return batch
-
-    return collate
 
 
 def own_id(sample: Sample) -> str:
@@ -197,6 +152,7 @@ def llava_dataset(
     sampling: Sampling | int,
     rejects: Path | None = None,
     max_reject_ratio: float = 1.0,
+    fixed_frames: bool = False,
 ) -> Dataset:
     """prompt / completion / images rows from a prepared folder, or from a manifest decoding on the fly.
 
@@ -225,7 +181,7 @@ def llava_dataset(
         )
     refs = [json.dumps({"video": s.video, "line": s.line, "id": own_id(s), "index": i}) for i, s in enumerate(kept)]
     rows = [llava_example(s, [ref]) for s, ref in zip(kept, refs, strict=True)]
-    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects, kept))
+    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects, kept, fixed_frames))
 
 
 def seq2seq_dataset(path: str | Path) -> Dataset:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -31,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from vtt.data.datasets import Reject, Sample, frame_size, llava_example, manifest_entries, own_id, seq2seq_source
+from vtt.data.collate import VisionCollator
+from vtt.data.datasets import Reject, Sample, llava_example, manifest_entries, own_id, seq2seq_source
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
 from vtt.data.manifest import local_videos
-from vtt.data.video import Sampling, VideoError, read_frames
+from vtt.data.video import Sampling, VideoError, read_clip
 from vtt.exits import Exit
+from vtt.models.families import decode_size, family_of
 from vtt.outputs import Claim, NoSpace, claim_output, space_checked
 
 
@@ -135,11 +138,12 @@ def llava_rows(
 ) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Decode (into the cache) and build the llava rows; returns them and every reject so far."""
     processor = load_processor(args.model) if args.model else None
+    family = family_of(model_config(args.model), processor) if processor else None
     sampling = Sampling(
         num_frames=args.frames,
         fps=args.fps,
         max_frames=args.max_frames,
-        size=args.size or (frame_size(processor) if processor else None),
+        size=args.size or (decode_size(processor, family) if processor else None),
         backend=args.backend,
     )
     policy = DownloadPolicy(args.retries, timeout=args.timeout, max_bytes=int(args.max_download_mb * 2**20))
@@ -150,9 +154,10 @@ def llava_rows(
     for sample in samples:
         if sample.line not in frames:
             continue
-        row = llava_example(sample, [{"bytes": png, "path": None} for png in read_pngs(frames[sample.line])])
+        pngs, timing = read_decoded(frames[sample.line])
+        row = dict(llava_example(sample, [{"bytes": png, "path": None} for png in pngs]), clip=timing)
         if processor is not None:
-            length = sequence_length(processor, row)
+            length = sequence_length(processor, family, row)
             if args.max_length and length > args.max_length:
                 reason = (
                     f"{length} tokens ({len(row['images'])} frames + text) is over max_length={args.max_length}; "
@@ -191,7 +196,7 @@ def decode_to_cache(
     import cv2
 
     try:
-        frames = read_frames(fetch(video, downloads, policy) if is_url(video) else Path(video), sampling)
+        clip = read_clip(fetch(video, downloads, policy) if is_url(video) else Path(video), sampling)
     except DownloadError as err:
         return f"download failed: {err}", "download failed"
     except VideoError as err:
@@ -199,19 +204,26 @@ def decode_to_cache(
     partial = partial_path(target)
     try:
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:  # PNG is compressed already
-            for i, frame in enumerate(frames):
+            for i, frame in enumerate(clip.frames):
                 ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
                 assert ok, "OpenCV failed to encode a decoded frame as PNG"
                 archive.writestr(f"{i:05d}.png", png.tobytes())
+            timing = {"times": clip.times, "rate": clip.rate, "duration": clip.duration}
+            archive.writestr(CLIP_INFO, json.dumps(timing))  # what a video processor's metadata needs
         partial.rename(target)
     finally:
         partial.unlink(missing_ok=True)
     return None
 
 
-def read_pngs(archive: Path) -> list[bytes]:
+CLIP_INFO = "clip.json"  # the frames' times, the clip's rate and length, beside its PNG frames
+
+
+def read_decoded(archive: Path) -> tuple[list[bytes], dict[str, Any]]:
+    """A decoded clip's PNG frames and its timing (the `clip` column of the rows)."""
     with zipfile.ZipFile(archive) as zipped:
-        return [zipped.read(name) for name in sorted(zipped.namelist())]
+        pngs = [zipped.read(name) for name in sorted(zipped.namelist()) if name.endswith(".png")]
+        return pngs, json.loads(zipped.read(CLIP_INFO))
 
 
 def decode_all(
@@ -252,6 +264,12 @@ def decode_all(
     return done, rejects
 
 
+def model_config(model: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model)
+
+
 def load_processor(model: str):
     """The model's processor, with the settings many hub LLaVA processors lack filled from its config."""
     from transformers import AutoConfig, AutoProcessor
@@ -263,13 +281,12 @@ def load_processor(model: str):
     return processor
 
 
-def sequence_length(processor, row: dict[str, Any]) -> int:
-    """Tokens of the whole conversation as the trainer will see it: text plus every frame's image tokens."""
+def sequence_length(processor, family, row: dict[str, Any]) -> int:
+    """Tokens of the whole conversation as the trainer will see it: its collator's row, visual tokens included."""
     from PIL import Image
 
-    images = [Image.open(io.BytesIO(image["bytes"])) for image in row["images"]]
-    text = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-    return int(processor(text=[text], images=[images], return_tensors="np")["input_ids"].shape[-1])
+    images = [Image.open(io.BytesIO(image["bytes"])).convert("RGB") for image in row["images"]]
+    return int(VisionCollator(processor, family).row(dict(row, images=images))["input_ids"].shape[-1])
 
 
 def print_lengths(lengths: list[int], max_length: int | None) -> None:
@@ -285,7 +302,8 @@ def llava_features():
     from datasets import Features, Image, List, Value
 
     turn = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
-    return Features({"prompt": turn, "completion": turn, "images": List(Image())})
+    clip = {"times": List(Value("float64")), "rate": Value("float64"), "duration": Value("float64")}
+    return Features({"prompt": turn, "completion": turn, "images": List(Image()), "clip": clip})
 
 
 def rejects_beside(out: Path) -> Path:

@@ -55,6 +55,21 @@ FORWARD_GAP = 48
 
 
 @dataclass(frozen=True)
+class Clip:
+    """The sampled frames of one clip with their presentation times, and the clip's own frame rate and length.
+
+    `rate` and `duration` are what a video processor's metadata needs (Qwen3-VL writes each frame's time
+    in the prompt, Qwen2.5-VL spaces its temporal patches by the sampled rate): the container's when it
+    was trusted, else measured from the decoded frames.
+    """
+
+    frames: list[np.ndarray]
+    times: list[float]
+    rate: float
+    duration: float
+
+
+@dataclass(frozen=True)
 class Sampling:
     """How frames are taken from a clip; `sample_frames` takes the same names as keywords."""
 
@@ -65,6 +80,9 @@ class Sampling:
     end: float | None = None
     size: Size = None
     backend: Literal["opencv", "pyav"] = "opencv"
+    # The frame count is rounded down to a multiple of this (at least one multiple): Qwen-VL models merge
+    # pairs of frames into one temporal patch, and an odd count would make the processor repeat the last frame.
+    multiple: int = 1
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -73,6 +91,8 @@ class Sampling:
             raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.multiple < 1:
+            raise ValueError(f"the frame multiple must be at least 1, got {self.multiple}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, got {self.max_frames}")
         if self.start is not None and self.end is not None and self.end <= self.start:
@@ -81,9 +101,12 @@ class Sampling:
     def count(self, duration: float) -> int:
         """Frames wanted from a segment of `duration` seconds."""
         if self.fps is None:
-            return self.num_frames
+            return self.rounded(self.num_frames)
         wanted = max(1, round(duration * self.fps))
-        return min(wanted, self.max_frames) if self.max_frames else wanted
+        return self.rounded(min(wanted, self.max_frames) if self.max_frames else wanted)
+
+    def rounded(self, count: int) -> int:
+        return max(self.multiple, count - count % self.multiple)
 
 
 def span_middles(start: float, end: float, count: int) -> list[float]:
@@ -92,7 +115,7 @@ def span_middles(start: float, end: float, count: int) -> list[float]:
     return [start + (k + 0.5) * step for k in range(count)]
 
 
-def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+def _read_trusting_metadata(reader, sampling: Sampling) -> Clip:
     """Picked frames located by the container's count and rate; Untrusted when the clip disagrees."""
     count, fps = reader.count, reader.fps
     if reader.untimed_rate:
@@ -117,7 +140,11 @@ def _read_trusting_metadata(reader, sampling: Sampling) -> list[tuple[float, np.
             raise Untrusted(f"frame {index} shows at {reader.time():.3f}s, not {index / fps:.3f}s")
         frames.append((reader.time(), resize(reader.retrieve(), sampling.size)))
     _check_ends_where_reported(reader.path, count, fps)
-    return frames
+    return _clip(frames, fps, count / fps)
+
+
+def _clip(timed: list[tuple[float, np.ndarray]], rate: float, duration: float) -> Clip:
+    return Clip([frame for _, frame in timed], [time for time, _ in timed], rate, duration)
 
 
 def _check_ends_where_reported(path: Path, count: int, fps: float) -> None:
@@ -153,7 +180,7 @@ def _frame_times(path: Path, backend: str, untimed_rate: float | None) -> list[f
         reader.close()
 
 
-def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -> list[tuple[float, np.ndarray]]:
+def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -> Clip:
     """Picked frames located by decoding: the clip's times are learnt first, then the picks are read."""
     times = _frame_times(path, sampling.backend, untimed_rate)
     if not times:
@@ -184,7 +211,7 @@ def _read_counting(path: Path, sampling: Sampling, untimed_rate: float | None) -
         reader.close()
     if not frames:
         raise Unreadable(path, "no frame could be decoded")
-    return frames
+    return _clip(frames, 1 / last, times[-1] + last)
 
 
 def _distinct(picks: list[int], lo: int, hi: int) -> list[int]:
@@ -215,7 +242,7 @@ def _segment(path: Path, sampling: Sampling, duration: float, first: float = 0.0
     return start, end
 
 
-def _read_with(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
+def _read_with(path: Path, sampling: Sampling) -> Clip:
     """The picks by `sampling.backend`; Unreadable for any failure of the backend on this file."""
     try:
         untimed_rate = rate_without_timestamps(path)
@@ -237,6 +264,12 @@ def _read_with(path: Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]
 
 def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float, np.ndarray]]:
     """(seconds, frame) pairs: each sampled frame's presentation time and its RGB uint8 array."""
+    clip = read_clip(path, sampling)
+    return list(zip(clip.times, clip.frames, strict=True))
+
+
+def read_clip(path: str | Path, sampling: Sampling) -> Clip:
+    """The sampled frames of `path` (RGB uint8 arrays, never none) with their times, the clip's rate and length."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(path, "no such file")
@@ -255,7 +288,7 @@ def read_timed_frames(path: str | Path, sampling: Sampling) -> list[tuple[float,
 
 def read_frames(path: str | Path, sampling: Sampling) -> list[np.ndarray]:
     """The sampled frames of `path` as RGB uint8 arrays (height x width x 3), never an empty list."""
-    return [frame for _, frame in read_timed_frames(path, sampling)]
+    return read_clip(path, sampling).frames
 
 
 def sample_frames(

@@ -23,14 +23,7 @@ from typing import NamedTuple
 
 from vtt.models._compat import hf_deepspeed_config_set_aside
 from vtt.models.adapters import AUTO_CLASSES
-
-
-def freeze_vision_tower(model) -> None:
-    """Keep a LLaVA's vision encoder as loaded: out of the optimizer, and no backward pass through it."""
-    tower = getattr(getattr(model, "model", None), "vision_tower", None)
-    if tower is None:
-        raise ValueError(f"freeze_vision_tower: {type(model).__name__} has no model.vision_tower; set it to false")
-    tower.requires_grad_(False)
+from vtt.models.families import family_of, freeze_vision_tower
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,7 @@ def count_parameters(config, trainer: str | None, vision_frozen: bool = False, t
     with torch.device("meta"), hf_deepspeed_config_set_aside():
         model = auto.from_config(config)
         if vision_frozen:
-            freeze_vision_tower(model)
+            freeze_vision_tower(model, family_of(config))
         if task is not None and task.use_peft:
             model, adapter = _adapt(model, task, trainer or "")
     total = sum(p.numel() for p in model.parameters())

@@ -5,11 +5,10 @@ tests/test_compat.py fails when an upgrade changes what a patch relies on. Writt
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-WRITTEN_FOR = {"deepspeed": "0.19.8", "trl": "1.16.0", "accelerate": "1.15.0"}
+WRITTEN_FOR = {"deepspeed": "0.19.8", "accelerate": "1.15.0"}
 SHM_OP = "deepspeed_shm_comm"
 
 
@@ -39,17 +38,3 @@ def wrap_optimizer_step(optimizer: Any, around: Callable[[Callable[..., Any]], C
         return False
     inner.step = around(inner.step)
     return True
-
-
-@contextlib.contextmanager
-def sft_trainer_without_pad_multiple(training: Any) -> Iterator[int | None]:
-    """Build TRL's SFTTrainer with pad_to_multiple_of unset; yields the configured value, set again after.
-
-    TRL's vision collator raises NotImplementedError for pad_to_multiple_of on prompt-completion rows, so
-    vtt pads its batches itself (vtt.data.datasets.pad_to_multiple). The saved arguments keep the value.
-    """
-    multiple, training.pad_to_multiple_of = training.pad_to_multiple_of, None
-    try:
-        yield multiple
-    finally:
-        training.pad_to_multiple_of = multiple

@@ -1,9 +1,11 @@
-"""Fine-tune a LLaVA-style model on questions about frames sampled from videos (TRL SFTTrainer).
+"""Fine-tune a vision-language model on questions about video clips (TRL SFTTrainer), any family.
 
     deepspeed --num_gpus 4 --module vtt.train.llava --config jobs/llava.yaml [--name value ...]
 
-Each sample is the seed's conversation: the user turn holds the question and one image per sampled
-frame, the assistant turn holds the answer; the loss covers the answer only.
+The family is read from the model's config (vtt.models.families): Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision,
+LLaVA-NeXT-Video and SmolVLM2 get each clip as a video through their own video processor; LLaVA gets its
+frames as images. vtt decodes each clip once (vtt.data.video) and vtt.data.collate builds the inputs:
+the user turn holds the question and the clip, the assistant turn the answer; the loss covers the answer only.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import collective
-from vtt.data.datasets import frame_size, llava_dataset, pad_to_multiple, skip_rejected
+from vtt.data.collate import VisionCollator
+from vtt.data.datasets import llava_dataset
 from vtt.data.video import Sampling
 from vtt.models.attention import enable_right_padded_sdpa
+from vtt.models.families import decode_size, family_of, frame_multiple, freeze_vision_tower, set_pixel_budget
 from vtt.models.llava import fix_processor
-from vtt.models.size import freeze_vision_tower
-from vtt.train._compat import sft_trainer_without_pad_multiple
 from vtt.train.harness import fit, start
 
 
@@ -30,40 +32,47 @@ def main(argv: list[str] | None = None) -> None:
     run, video, training = started.run, started.task, started.training
     processor = AutoProcessor.from_pretrained(run.model_name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(run.model_name_or_path, **started.load_options)
+    family = family_of(model.config, processor)
     fix_processor(processor, model.config)
+    set_pixel_budget(processor, video.min_pixels, video.max_pixels)
     if video.flash_sdpa:
         enable_right_padded_sdpa(model)
     if video.freeze_vision_tower:
-        freeze_vision_tower(model)
+        freeze_vision_tower(model, family)
     model = started.adapt(model)
     # Frames come out of the decoder at the processor's size: a 4K clip costs a worker 384 px frames.
     sampling = Sampling(
         num_frames=video.num_frames,
-        fps=video.fps,
+        fps=None if family.fixed_frames else video.fps,
         max_frames=video.max_frames,
-        size=frame_size(processor),
+        size=decode_size(processor, family),
         backend=video.video_backend,
+        multiple=frame_multiple(processor) if family.visual_input == "video" else 1,
     )
     rejects = Path(training.output_dir) / "rejects.jsonl"
     if collective.is_rank0():
         rejects.unlink(missing_ok=True)  # this run's rejects only
-    train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio)
+    fixed = family.fixed_frames
+    train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio, fixed)
     evaluation = None
     if run.eval_dataset:
-        evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio)
-    with sft_trainer_without_pad_multiple(training) as multiple:  # vtt pads its batches instead
-        trainer = SFTTrainer(
-            model=model,
-            args=training,
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=processor,
-            callbacks=started.callbacks(),
-        )
-    # Clips decoded on the fly that fail are dropped from their batch (and were reported when read).
-    collate = skip_rejected(trainer.data_collator)
-    trainer.data_collator = pad_to_multiple(collate, multiple, processor.tokenizer.pad_token_id)
-    data = {"dataset": run.dataset, "train_samples": len(train), "num_frames": video.num_frames}
+        evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio, fixed)
+    trainer = SFTTrainer(
+        model=model,
+        args=training,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        data_collator=VisionCollator(processor, family, training.pad_to_multiple_of, training.max_length),
+        callbacks=started.callbacks(),
+    )
+    data = {
+        "dataset": run.dataset,
+        "train_samples": len(train),
+        "num_frames": video.num_frames,
+        "family": family.name,
+        "visual_input": family.visual_input,
+    }
     fit(trainer, started, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
 
 
