@@ -4,46 +4,51 @@ and special tokens (no download): `vtt tiny --family F --out DIR [--seed N]` bui
     from vtt.models.tiny_video import build_tiny_vlm
     build_tiny_vlm("qwen2_5_vl", "outputs/tiny-qwen2_5_vl")   # loads with AutoProcessor / AutoModelForImageTextToText
 
-Each is built from its config (text: ~64 hidden, 2 layers; vision: 2 layers, small patches, so a 64x48 frame
-gives few tokens), a byte-level BPE tokenizer trained on the demo words (models.tiny), and saved with
-save_pretrained. The chat templates are the hub's (templates.py). Facts per family, for counting visual
-tokens from a video's size and frame count before decoding (transformers 5.24; all video processors need
-torchvision; frames come in as a list of HxWx3 arrays with `do_sample_frames=False`):
+Each is built from its config (text: hidden 64, 2 layers; vision: 2 layers, patches of 8, so a 64x48 frame
+gives a few tokens), a byte-level BPE tokenizer trained on the demo words (models.tiny), and saved with
+save_pretrained, generation_config's pad/eos set. The chat templates are the hub's (tiny_templates.py).
 
-- qwen2_5_vl (Qwen2_5_VLProcessor; Qwen2VLImageProcessor, Qwen2VLVideoProcessor). Budget per frame: the video
-  processor's `min_pixels` / `max_pixels` (init or call kwargs; stored as size {"shortest_edge": min_pixels,
-  "longest_edge": max_pixels}). Each frame is smart_resized to H', W' multiples of patch_size*merge_size
-  (28 in the real model, 16 here) with min_pixels <= H'W' <= max_pixels, aspect kept. Frames are grouped by
-  temporal_patch_size (2): an odd count is padded by repeating the last frame. Tokens per video:
-  ceil(T / 2) * (H'/patch) * (W'/patch) / merge_size**2, each one `<|video_pad|>`, wrapped by the template
-  in `<|vision_start|>...<|vision_end|>`. video_grid_thw = (ceil(T/2), H'/patch, W'/patch). fps (call
-  kwarg, or video_metadata.fps) goes into second_per_grid_ts = temporal_patch_size / fps for the model's
-  time positions (tokens_per_second in the vision config); it does not change the token count.
-  `cap_pixels_per_frame=True` (qwen-vl-utils' behaviour) also caps each frame at a share of
-  `max_video_tokens`; unset, transformers warns and keeps no total cap.
-- qwen3_vl (Qwen3VLProcessor; Qwen2VLImageProcessor, Qwen3VLVideoProcessor). Budget: the video processor's
-  size {"shortest_edge", "longest_edge"} as min/max pixels *of the whole clip* (T*H*W; real defaults
-  128*32*32 / 768*32*32... see its class), patch 16 and merge 2 in the real model (factor 32). Temporal
-  patch 2 as above. The processor writes a timestamp before each temporal patch from video_metadata
-  (fps and frames_indices: the mean time of each pair of frames, "<t seconds>" as text tokens) and
-  expands to `<|vision_start|><|video_pad|>*n<|vision_end|>` per temporal patch, where
-  n = (H'/patch)*(W'/patch)/merge**2: without metadata it warns and assumes 24 fps.
-- llava_onevision (LlavaOnevisionProcessor; LlavaOnevisionImageProcessor, LlavaOnevisionVideoProcessor).
-  Every frame is resized to size {"height", "width"} (384 in the real model, no aspect kept); the tower
-  gives (size/patch)**2 features a frame, which the model pools 2x2 (bilinear, ceil) and follows with one
-  newline token for the whole video: tokens = T * ceil(n/2)**2 + 1 with n = size/patch (real: 196*T + 1),
-  each `<video>`. No pixel budget beyond size; no temporal patch.
-- llava_next_video (LlavaNextVideoProcessor; LlavaNextImageProcessor, LlavaNextVideoVideoProcessor). Frames
-  resized to shortest_edge then center-cropped to crop_size (336 in the real model); per frame
-  (crop/patch)**2 features pooled by spatial_pool_stride (2): tokens = T * (crop/patch/stride)**2
-  (real: 144*T), each `<video>`; no newline, no temporal patch.
-- smolvlm (SmolVLMProcessor; SmolVLMImageProcessor, SmolVLMVideoProcessor). Every frame is resized to
-  video_sampling["video_size"] / size {"longest_edge"} (then padded square) = one image of
-  image_seq_len = (size/patch)**2 / scale_factor**2 tokens (real: 64). The text per video is a header
-  ("You are provided the following series of N frames from a 0:00:0S [H:MM:SS] video.") and per frame
-  "\nFrame from MM:SS:<fake_token_around_image><global-img><image>*image_seq_len<fake_token_around_image>",
-  then "\n\n"; the timestamps come from video_metadata (frames_indices / fps). Tokens `<image>` per video:
-  T * image_seq_len (the video token `<video>` is only the template's placeholder).
+What each family's processor does with a clip of T frames of HxW (transformers 5.24; frames passed as a list
+of HxWx3 arrays with `do_sample_frames=False` and `video_metadata=[VideoMetadata(fps=, frames_indices=,
+duration=)]`; every formula below checked against the processor's count for T = 1..16 and frames from 30x200
+to 480x640). Every video processor needs torchvision; SmolVLM's processor also needs num2words.
+
+- qwen2_5_vl: Qwen2_5_VLProcessor + Qwen2VLImageProcessor + Qwen2VLVideoProcessor. Per-frame pixel budget:
+  `min_pixels` / `max_pixels` (init or call kwargs; saved as size {"shortest_edge", "longest_edge"}); real
+  class defaults 128*28*28 / 768*28*28, patch 14, merge 2 (factor f = 28; here 8, 2, f = 16). Each frame is
+  smart_resized: H', W' = round(H/f)*f, round(W/f)*f, scaled by sqrt(HW/max) (floor) or sqrt(min/HW) (ceil)
+  when outside [min, max]. With `cap_pixels_per_frame=True` (qwen-vl-utils' behaviour; unset, transformers
+  warns and keeps no total cap) max becomes max(min(max, int(0.9*max_video_tokens*f*f) * 2 // T), 1.05*min).
+  temporal_patch_size 2: odd T is padded by repeating the last frame. video_grid_thw = (ceil(T/2), H'/14,
+  W'/14); tokens = ceil(T/2) * H'W' / (patch*merge)**2, each `<|video_pad|>`, inside the template's one
+  `<|vision_start|>...<|vision_end|>`. fps (call kwarg or metadata) only sets second_per_grid_ts = 2/fps,
+  the model's time positions (vision tokens_per_second), not the count.
+- qwen3_vl: Qwen3VLProcessor + Qwen2VLImageProcessor + Qwen3VLVideoProcessor. The budget is on the whole
+  clip: size {"shortest_edge", "longest_edge"} = min / max of T'*H'*W' with T' = round(T/2)*2 (class defaults
+  128*32*32 / 768*32*32, patch 16, merge 2, f = 32); H', W' as above but beta = sqrt(T*H*W / max).
+  `cap_pixels_per_frame=True` makes max = T * max(min(max_video_tokens*f*f, longest_edge // T),
+  1.05*shortest_edge). Tokens = ceil(T/2) * H'W' / (patch*merge)**2 `<|video_pad|>`, written per temporal
+  patch as "<t seconds><|vision_start|><|video_pad|>*n<|vision_end|>" (t: mean time of the patch's frames
+  from metadata frames_indices / fps, "%.1f"), all inside the template's own vision_start/end (nested, as
+  upstream). Without metadata fps it warns and assumes 24 fps. A 1-frame clip is refused (T < 2).
+- llava_onevision: LlavaOnevisionProcessor + LlavaOnevisionImageProcessor + LlavaOnevisionVideoProcessor.
+  Frames are resized to size {"height", "width"} (384 real, 32 here), aspect not kept, no pixel budget, no
+  temporal patch: n = size/patch features a side (27 real: SigLIP-so400m/14), pooled 2x2 (ceil), one
+  newline per video: tokens = T * ceil(n/2)**2 + 1 `<video>` (real: 196*T + 1). The processor's
+  num_image_tokens (n*n) is what it counts with.
+- llava_next_video: LlavaNextVideoProcessor + LlavaNextImageProcessor + LlavaNextVideoVideoProcessor. Frames
+  resized to size {"shortest_edge"} then center-cropped to crop_size (336 real, CLIP-L/14; 32 here): tokens =
+  T * (crop/patch)**2 // 4 `<video>` (real: 144*T); the processor's //4 is fixed, whatever the model's
+  spatial_pool_stride (2). Its patch_size must be set on the processor (it is here).
+- smolvlm (SmolVLM2): SmolVLMProcessor + SmolVLMImageProcessor + SmolVLMVideoProcessor. Every frame becomes
+  one square image of max_image_size {"longest_edge"} (364 real, 32 here; no splitting for video), of
+  image_seq_len = (size/patch)**2 / scale_factor**2 `<image>` tokens (real: 64). Budget: frames only (the
+  video processor's video_sampling {"fps", "max_frames", "video_size"} applies when it samples itself).
+  The template's `<video>` becomes "You are provided the following series of {T in words} frames from a
+  {H:MM:SS} [H:MM:SS] video.\n" + per frame "\nFrame from MM:SS:<fake_token_around_image><global-img>"
+  + `<image>`*image_seq_len + "<fake_token_around_image>", then "\n\n" (times from metadata; duration from
+  metadata.duration). Tokens `<image>` = T * image_seq_len; the text around them also grows with T (~10
+  text tokens a frame). Call it with return_tensors="pt": with lists it fails (pixel_values.shape).
 - llava: models.tiny.build_tiny_llava (frames as images through LlavaProcessor, no video processor).
 """
 
