@@ -8,11 +8,12 @@ import inspect
 
 import pytest
 
+import vtt._compat as base_compat
 from vtt.after import _compat as after_compat
 from vtt.models import _compat as models_compat
 from vtt.train import _compat as train_compat
 
-MODULES = [models_compat, train_compat, after_compat]
+MODULES = [base_compat, models_compat, train_compat, after_compat]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -105,3 +106,25 @@ def test_no_private_name_of_a_dependency_is_used_outside_the_compat_modules():
                 if isinstance(root, ast.Name) and root.id in {"trainer", "hf_deepspeed", "deepspeed", "transformers"}:
                     found.append(f"{path.relative_to(package)}:{node.lineno} .{node.attr}")
     assert not found, found
+
+
+def test_torchvision_imports_after_vtt_and_its_transforms_run_on_this_torch():
+    """Without the guard a CPU torch cannot import PyPI's torchvision; when that import works unguarded
+    (a CPU build of torchvision, or one that defines its ops itself), the guard must do nothing."""
+    import subprocess
+    import sys
+
+    import torch
+
+    bare = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
+    guarded = subprocess.run(
+        [sys.executable, "-c", "import vtt, torch, torchvision.transforms.v2.functional as F; "
+         "print(F.resize(torch.zeros(3, 8, 8), [4, 4]).shape, len(vtt._compat._defined))"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    if torch.version.cuda is None and bare.returncode != 0:
+        assert "torchvision::nms does not exist" in bare.stderr, bare.stderr[-2000:]
+        assert guarded.stdout.split()[-1] == "1"
+    else:
+        assert guarded.stdout.split()[-1] == "0", "torchvision loads unguarded: the guard must not define its ops"

@@ -44,7 +44,7 @@ def user_turn(question: str, family: Family, frames: int) -> dict[str, Any]:
 
 
 def question_of(prompt: Sequence[dict[str, Any]]) -> str:
-    """The question text of a row's prompt (its visual parts, whatever the family they were written for, left out)."""
+    """The text of a row's turns (its visual parts, whatever the family they were written for, left out)."""
     return " ".join(part["text"] for turn in prompt for part in turn["content"] if part.get("type") == "text")
 
 
@@ -97,11 +97,10 @@ class VisionCollator:
         question = question_of(row["prompt"])
         prompt = [user_turn(question, self.family, len(frames))]
         prompt_text = self.processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full_text = self.processor.apply_chat_template(prompt + list(row["completion"]), tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise ValueError("the chat template renders the prompt differently with the answer after it")
         features = dict(prompt_features(self.processor, self.family, prompt_text, frames, clip))
-        answer = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False, return_tensors="pt")
+        answer = self.tokenizer(
+            self.answer_text(prompt, row["completion"]), add_special_tokens=False, return_tensors="pt"
+        )
         answer_ids = answer["input_ids"]
         length = features["input_ids"].shape[1]
         tails = {"input_ids": answer_ids, "attention_mask": torch.ones_like(answer_ids)}
@@ -111,6 +110,23 @@ class VisionCollator:
         labels = torch.full((1, length), IGNORE, dtype=torch.long)
         features["labels"] = torch.cat([labels, answer_ids if teach else torch.full_like(answer_ids, IGNORE)], dim=1)
         return features
+
+    def answer_text(self, prompt: list[dict[str, Any]], completion: Sequence[dict[str, Any]]) -> str:
+        """The answer as the chat template closes its turn ("...<|im_end|>\n"), to follow the generation prompt.
+
+        Not the full conversation's text after the prompt's: some hub templates (LLaVA-OneVision's) render
+        the assistant's header differently after a generation prompt than inside a conversation; vtt trains
+        on the generation prompt's, the one `vtt predict` gives the model.
+        """
+        answer = question_of(completion)
+        full_text = self.processor.apply_chat_template(prompt + list(completion), tokenize=False)
+        start = full_text.rfind(answer)
+        if not answer or start < 0:
+            raise ValueError(f"the chat template does not render the answer {answer!r} as given")
+        closed = full_text[start:]
+        eos = self.tokenizer.eos_token
+        # A template that ends the turn without the end token (LLaVA-NeXT-Video's) would never teach a stop.
+        return closed if not eos or eos in closed else closed + eos
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         featured = []
