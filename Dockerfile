@@ -1,6 +1,8 @@
 # vtt: one CUDA image with both trainers and everything a rendered job needs.
 #   make image                                    # docker build -t vtt:<version> .
 #   docker run --gpus all --rm vtt:0.1.0 demo     # the entrypoint is `vtt`
+#   make image-smoke                              # this same file on a local Debian base with CPU torch
+#                                                 # (podman), then both trainers train in it (docs/containers.md)
 # Versions: the base image below (tag, digest noted); Python from that Ubuntu release; every Python
 # package from pyproject.toml's pins (the one lock), installed by docker/install.sh, the same script
 # tests/test_containers.py runs in a fresh venv.
@@ -15,7 +17,14 @@ FROM ${CUDA_IMAGE}
 # Declared again to be seen after FROM (the label below records it).
 ARG CUDA_IMAGE
 
+# The Python of the base image's release (Ubuntu 24.04: 3.12; `make image-smoke`'s Debian 12: 3.11).
 ARG PYTHON_VERSION=3.12
+# cuda: PyPI's torch (its CUDA 13 build) and the `gpu` extra. cpu: the CPU build of the same pinned
+# torch, without the `gpu` extra (no Triton): `make image-smoke` passes it with a Debian base.
+ARG TORCH=cuda
+# Empty: pip reads the index. A folder: pip installs from its files only, no index (`make image-smoke`
+# fills one on the host with tools/wheelhouse.sh and mounts it for the build: podman build -v).
+ARG WHEELHOUSE=""
 # GPU architectures the DeepSpeed ops are compiled for: 8.0 = A100, 9.0 = H100/H200. Give plain
 # major.minor: DeepSpeed 0.19.8 cannot parse "9.0a" (install.sh strips such suffixes anyway).
 ARG TORCH_CUDA_ARCH_LIST="8.0;9.0"
@@ -50,7 +59,7 @@ RUN apt-get update \
 WORKDIR /opt/vtt
 # Dependencies first, vtt's source after: editing src/ does not reinstall torch and rebuild DeepSpeed.
 COPY pyproject.toml docker/install.sh ./
-RUN DS_PREBUILD_OPS="${DS_PREBUILD_OPS}" ./install.sh deps pyproject.toml
+RUN DS_PREBUILD_OPS="${DS_PREBUILD_OPS}" TORCH="${TORCH}" WHEELHOUSE="${WHEELHOUSE}" ./install.sh deps pyproject.toml
 COPY README.md ./
 COPY src ./src
 RUN ./install.sh vtt . && pip freeze > /opt/vtt/image-freeze.txt
@@ -68,6 +77,7 @@ WORKDIR /workspace
 
 LABEL org.opencontainers.image.title="vtt" \
       org.opencontainers.image.description="Fine-tune video-language models (LLaVA, NLLB) under DeepSpeed" \
-      org.opencontainers.image.base.name="${CUDA_IMAGE}"
+      org.opencontainers.image.base.name="${CUDA_IMAGE}" \
+      vtt.torch="${TORCH}"
 ENTRYPOINT ["vtt"]
 CMD ["--help"]
