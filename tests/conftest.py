@@ -88,3 +88,9 @@ def slurm() -> Iterator[dict[str, str]]:
     finally:
         stop(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    """tests/test_image.py runs last: its session fixture builds the image (the suite's longest step), which
+    nothing else needs, and a failure elsewhere (with -x) then stops the run before that build."""
+    items.sort(key=lambda item: item.path.name == "test_image.py")  # stable: every other order is kept
