@@ -33,6 +33,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # Node and GPU counts come from Slurm's allocation at run time, never typed twice.
 GPUS_PER_NODE="${SLURM_GPUS_ON_NODE:?Slurm gave this job no GPUs}"
+# srun asks for SLURM_GPUS_PER_NODE, which sbatch set when the job was submitted: a job that starts with
+# another GPU count (its request changed while it was requeued) asks for the allocation's.
+export SLURM_GPUS_PER_NODE="$GPUS_PER_NODE"
 mapfile -t HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 MASTER_ADDR="${HOSTS[0]}"
 # A port from the job id: two jobs sharing a node get different ports; 10000-29999 stays below Linux's
