@@ -30,3 +30,14 @@ def hf_deepspeed_config_set_aside() -> Iterator[None]:
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def llava_onevision_video_tokens(processor, frames: int, height: int, width: int) -> int:
+    """The `<video>` tokens LLaVA-OneVision's processor writes for a clip of `frames` frames of height x width.
+
+    Its processor counts them in `_get_num_multimodal_tokens(video_sizes=[(frames, height, width)])`
+    (frames x pooled features a frame + one newline), the same formula its `replace_video_token` writes;
+    there is no public method for it.
+    """
+    counts = processor._get_num_multimodal_tokens(video_sizes=[(frames, height, width)])
+    return int(counts["num_video_tokens"][0])

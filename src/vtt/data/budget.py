@@ -1,0 +1,179 @@
+"""Each sample's visual tokens, from its container's metadata: known before a frame is decoded.
+
+    info = probe("clip.mp4")                                      # Probe(width, height, fps, duration)
+    sampling = run_sampling(processor, family, {"fps": 2, "max_frames": 32})   # as the trainer samples
+    predicted_tokens("clip.mp4", sampling, processor, family)     # == the processor's count for that clip
+    distribution([...counts...])                                  # n, min, p50, p90, p99, mean, max
+
+The count follows the clip through vtt's pipeline: the frames Sampling takes from the clip's duration
+(never more than the clip has; a family that stacks clips repeats them up to num_frames; Qwen-VL in whole
+temporal patches), decoded at the processor's size exactly as vtt.data.readers.resize resizes them
+(`decoded_size`), then the family's processor count (vtt.models.visual_tokens). `vtt check --data` and
+`vtt prepare --model --max-visual-tokens` report it; a sample over budget is rejected, never truncated.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from vtt.data.download import is_url
+from vtt.data.manifest import Sample
+from vtt.data.readers import Size, VideoError
+from vtt.data.video import Sampling
+from vtt.models.families import Family, decode_size, frame_multiple
+from vtt.models.visual_tokens import visual_tokens
+
+
+class Probe(NamedTuple):
+    """A video's frame size as displayed (rotation applied), frame rate and length, from its container."""
+
+    width: int
+    height: int
+    fps: float
+    duration: float
+
+
+def probe(video: str | Path) -> Probe:
+    """The container's size, rate and length of `video` (PyAV; no frame decoded); VideoError when it has none.
+
+    Width and height are swapped for a display rotation of 90 or 270 degrees, as both readers turn frames.
+    The duration is frame count / rate when the container counts its frames (what the reader trusts), else
+    the stream's or the container's duration.
+    """
+    import av
+
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:
+                raise VideoError(video, "the file has no video stream")
+            stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            frames = int(stream.frames or 0)
+            if frames > 0 and fps > 0:
+                duration = frames / fps
+            elif stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = (container.duration or 0) / 1e6
+            turned = _quarter_turned(video, container, stream)
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        raise VideoError(video, f"PyAV cannot read its metadata: {err}") from None
+    if width < 1 or height < 1 or not (fps > 0 and math.isfinite(fps)) or not duration > 0:
+        raise VideoError(video, f"its container reports no usable size/rate/length ({width}x{height}, {fps} fps)")
+    return Probe(height, width, fps, duration) if turned else Probe(width, height, fps, duration)
+
+
+def _quarter_turned(video, container, stream) -> bool:
+    """Whether the display matrix turns the frames by 90 or 270 degrees.
+
+    PyAV 18 has no getter for a stream's display matrix: OpenCV reads it without decoding (the
+    orientation it turns its own frames by); when OpenCV cannot open the file, the first frame's
+    rotation is read with PyAV (one frame decoded).
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    try:
+        if capture.isOpened():
+            return round(capture.get(cv2.CAP_PROP_ORIENTATION_META)) % 180 == 90
+    finally:
+        capture.release()
+    for frame in container.decode(stream):
+        try:
+            return frame.rotation % 180 == 90
+        except (ValueError, OverflowError):
+            return False
+    return False
+
+
+def decoded_size(width: int, height: int, size: Size) -> tuple[int, int]:
+    """(width, height) of a width x height frame after vtt.data.readers.resize(frame, size)."""
+    if size is None:
+        return width, height
+    if isinstance(size, int):
+        scale = size / max(height, width)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return int(size[0]), int(size[1])
+
+
+def run_sampling(processor: Any, family: Family, settings: dict[str, Any]) -> Sampling:
+    """The Sampling the trainer builds from a run's video settings (num_frames, fps, max_frames, video_backend)."""
+    return Sampling(
+        num_frames=settings.get("num_frames") or 5,
+        fps=None if family.fixed_frames else settings.get("fps"),
+        max_frames=settings.get("max_frames"),
+        size=decode_size(processor, family),
+        backend=settings.get("video_backend") or "opencv",
+        multiple=frame_multiple(processor) if family.visual_input == "video" else 1,
+    )
+
+
+def clip_frames(info: Probe, sampling: Sampling, family: Family) -> int:
+    """The frames the trainer hands the processor for this clip: Sampling's count over the segment, at
+    most the frames the segment has; a family that stacks clips gets num_frames (short clips repeat)."""
+    if family.fixed_frames:
+        return sampling.num_frames
+    start = max(0.0, sampling.start or 0.0)
+    end = info.duration if sampling.end is None else min(sampling.end, info.duration)
+    if end <= start:
+        return 0
+    return max(1, min(sampling.count(end - start), round((end - start) * info.fps)))
+
+
+def predicted_tokens(sample: Sample | str | Path, sampling: Sampling, processor: Any, family: Family) -> int:
+    """The visual tokens of `sample`'s clip (a manifest Sample, or a video path) as the processor will count
+    them, from its container alone; VideoError when the container cannot say (a URL is not probed)."""
+    video = sample.video if isinstance(sample, Sample) else str(sample)
+    if is_url(video):
+        raise VideoError(video, "a URL: its visual tokens are counted once it is downloaded")
+    return tokens_of(probe(video), sampling, processor, family)
+
+
+def tokens_of(info: Probe, sampling: Sampling, processor: Any, family: Family, frames: int | None = None) -> int:
+    """The visual tokens of a probed clip (of `frames` frames instead of Sampling's when given)."""
+    frames = clip_frames(info, sampling, family) if frames is None else frames
+    if frames < 1:
+        raise VideoError("", f"the segment [{sampling.start}, {sampling.end}] s is outside the clip")
+    width, height = decoded_size(info.width, info.height, sampling.size)
+    return visual_tokens(processor, family, frames, height, width)
+
+
+def frames_that_fit(info: Probe, sampling: Sampling, processor: Any, family: Family, budget: int) -> int:
+    """The most frames (in whole multiples) whose visual tokens fit `budget`; 0 when not even one does."""
+    step = max(1, sampling.multiple)
+    frames = clip_frames(info, sampling, family)
+    while frames >= step and tokens_of(info, sampling, processor, family, frames) > budget:
+        frames -= step if frames % step == 0 else frames % step
+    return frames if frames >= step else 0
+
+
+def over_budget_reason(tokens: int, frames: int, fit: int, max_visual_tokens: int, knob: str) -> str:
+    """Why a sample is left out, and the fix: fewer frames (the most that fit), or a smaller frame size."""
+    fix = f"at most {fit} frames fit" if fit else "not even one frame fits"
+    return (
+        f"{tokens} visual tokens ({frames} frames) is over max_visual_tokens={max_visual_tokens}; {fix}: "
+        f"sample fewer frames ({knob}) or lower max_pixels; truncating would cut through its vision tokens"
+    )
+
+
+def distribution(counts: list[int] | np.ndarray) -> dict[str, float]:
+    """n, min, p50, p90, p99, mean and max of `counts` (all 0 for none)."""
+    values = np.asarray(counts, dtype=float)
+    if not values.size:
+        return dict.fromkeys(("n", "min", "p50", "p90", "p99", "mean", "max"), 0)
+    summary = {"n": int(values.size), "min": int(values.min())}
+    summary |= {f"p{q}": int(np.percentile(values, q)) for q in (50, 90, 99)}
+    return summary | {"mean": round(float(values.mean()), 1), "max": int(values.max())}
+
+
+def distribution_line(counts: list[int] | np.ndarray, budget: int | None = None) -> str:
+    """`visual tokens of 8 samples: min=.., p50=.., p90=.., p99=.., mean=.., max=..[; max_visual_tokens=..]`."""
+    summary = distribution(counts)
+    stats = ", ".join(f"{key}={value}" for key, value in summary.items() if key != "n")
+    return f"visual tokens of {summary['n']} samples: {stats}" + (f"; max_visual_tokens={budget}" if budget else "")
