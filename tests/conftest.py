@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import vtt  # noqa: F401  first: its torchvision guard must be in place before any test imports transformers
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

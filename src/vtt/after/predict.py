@@ -50,6 +50,7 @@ class Item:
     reference: str | None = None
     video: str | None = None
     frames: list | None = None
+    clip: dict[str, Any] | None = None  # the frames' times, the clip's rate and length (video processors)
     source: str | None = None
     error: str | None = None  # why this item gets no prediction (a bad manifest line, a clip that failed)
     prediction: str | None = None
@@ -166,7 +167,7 @@ def items_from_prepared(path: str | Path, trainer: str) -> list[Item]:
             continue
         texts = [part["text"] for part in row["prompt"][0]["content"] if part["type"] == "text"]
         answer = [part["text"] for part in row["completion"][0]["content"] if part["type"] == "text"]
-        items.append(Item(id=ident, question=" ".join(texts), reference=" ".join(answer), frames=row["images"]))
+        items.append(Item(ident, " ".join(texts), " ".join(answer), frames=row["images"], clip=row.get("clip")))
     return items
 
 
@@ -191,51 +192,56 @@ def device_for(name: str | None) -> str:
 
 
 class LlavaAnswerer:
-    """Frames + question through the processor's chat template, answered by greedy generation."""
+    """A clip + question through the model's own processor (vtt.data.collate, as in training), answered by
+    greedy generation. The clip is sampled as the run that made the model sampled it (its vtt-run.json)."""
 
-    def __init__(self, model: str, device: str, dtype: str, num_frames: int, max_new_tokens: int):
+    def __init__(self, model: str, device: str, dtype: str, settings: dict[str, Any], max_new_tokens: int):
         from transformers import AutoProcessor
 
+        from vtt.data.collate import sampling_for
+        from vtt.models.families import family_of, set_pixel_budget
         from vtt.models.llava import fix_processor
 
         self.processor = AutoProcessor.from_pretrained(tokenizer_source(model))
         self.model = load_model(model, "llava", dtype=dtype).to(device).eval()
         fix_processor(self.processor, self.model.config)
-        # Decoder-only batches are padded on the left so every answer starts right after its prompt.
-        self.processor.tokenizer.padding_side = "left"
-        self.device, self.num_frames, self.max_new_tokens = device, num_frames, max_new_tokens
+        set_pixel_budget(self.processor, settings.get("min_pixels"), settings.get("max_pixels"))
+        self.family = family_of(self.model.config, self.processor)
+        self.sampling = sampling_for(self.processor, self.family, settings)
+        self.device, self.max_new_tokens = device, max_new_tokens
 
     def load(self, item: Item) -> None:
-        """Decode the item's frames (VideoError, DownloadError when its clip cannot give them)."""
-        from vtt.data.video import Sampling, read_frames
+        """Decode the item's clip (VideoError, DownloadError when it cannot give frames)."""
+        from vtt.data.datasets import repeated_to
+        from vtt.data.video import read_clip
 
         if item.frames is None:
-            frames = read_frames(local_video(item.video, DOWNLOAD_CACHE), Sampling(num_frames=self.num_frames))
-            item.frames = [Image.fromarray(frame) for frame in frames]
+            clip = read_clip(local_video(item.video, DOWNLOAD_CACHE), self.sampling)
+            if self.family.fixed_frames:
+                clip = repeated_to(clip, self.sampling.num_frames)
+            item.frames, item.clip = clip.frames, {"times": clip.times, "rate": clip.rate, "duration": clip.duration}
 
     def answer(self, items: list[Item]) -> list[str]:
         import torch
 
-        frames = [item.frames for item in items]
-        texts = [
-            self.processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "text", "text": item.question}] + [{"type": "image"}] * len(images),
-                    }
-                ],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for item, images in zip(items, frames, strict=True)
-        ]
-        inputs = self.processor(text=texts, images=frames, padding=True, return_tensors="pt").to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        from vtt.data.collate import generation_inputs
+
+        clips = [([_rgb(frame) for frame in item.frames], item.clip) for item in items]
+        inputs = generation_inputs(self.processor, self.family, [item.question for item in items], clips)
+        inputs = {key: value.to(self.device) if hasattr(value, "to") else value for key, value in inputs.items()}
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.model.dtype)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _rgb(frame: Any) -> Any:
+    """A frame as an RGB array (a prepared folder's frames load as PIL images)."""
+    import numpy as np
+
+    return np.asarray(frame.convert("RGB")) if isinstance(frame, Image.Image) else frame
 
 
 class Seq2SeqAnswerer:
@@ -281,7 +287,8 @@ def answerer(
     # A caption as long as the seq2seq trainer let targets be; llava answers get a fixed budget.
     max_new_tokens = max_new_tokens or saved.get("max_target_length", DEFAULT_MAX_NEW_TOKENS)
     if trainer == "llava":
-        return LlavaAnswerer(model, device, dtype, num_frames or saved.get("num_frames", 5), max_new_tokens)
+        settings = {**saved, "num_frames": num_frames or saved.get("num_frames", 5)}
+        return LlavaAnswerer(model, device, dtype, settings, max_new_tokens)
     return Seq2SeqAnswerer(
         model,
         device,

@@ -23,13 +23,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from vtt.models.families import Family
+from vtt.data.video import Sampling
+from vtt.models.families import Family, decode_size, frame_multiple
 
 IGNORE = -100  # the label of a position the loss skips
 # A clip whose frames failed to decode (and no refill decoded either) gets this stand-in so every rank
 # still runs the vision tower: under ZeRO-3 a rank that skipped it would wait forever at the others'
 # parameter gathers. Its row carries no label: it adds nothing to the loss.
 STAND_IN_FRAMES = 2
+
+
+def sampling_for(processor, family: Family, settings: dict[str, Any]) -> Sampling:
+    """How a clip is sampled for `family`, from the run's video settings (num_frames, fps, max_frames,
+    video_backend): the trainer, `vtt predict` on the model it saved, and the token counts all use it.
+
+    Frames come out of the decoder at the processor's size (a 4K clip costs a worker 384 px frames); a
+    Qwen-VL clip is sampled in whole temporal patches; a family that stacks a batch's clips takes num_frames.
+    """
+    return Sampling(
+        num_frames=settings.get("num_frames") or 5,
+        fps=None if family.fixed_frames else settings.get("fps"),
+        max_frames=settings.get("max_frames"),
+        size=decode_size(processor, family),
+        backend=settings.get("video_backend") or "opencv",
+        multiple=frame_multiple(processor) if family.visual_input == "video" else 1,
+    )
 
 
 def visual_parts(family: Family, frames: int) -> list[dict[str, str]]:
@@ -155,8 +173,21 @@ def sequence_keys(features: dict[str, Any], length: int) -> list[str]:
     ]
 
 
-def merge(featured: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int) -> dict[str, torch.Tensor]:
-    """One batch of single-row features: token rows padded on the right, visual features concatenated."""
+def generation_inputs(processor, family: Family, questions: list[str], clips: list[tuple[list, dict | None]]):
+    """A batch of prompts with their clips for `generate`: padded on the left, so each answer follows its prompt."""
+    featured = []
+    for question, (frames, clip) in zip(questions, clips, strict=True):
+        prompt = [user_turn(question, family, len(frames))]
+        text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        featured.append(dict(prompt_features(processor, family, text, frames, clip)))
+    return merge(featured, getattr(processor, "tokenizer", processor).pad_token_id, 1, left=True)
+
+
+def merge(
+    featured: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int, left: bool = False
+) -> dict[str, torch.Tensor]:
+    """One batch of single-row features: token rows padded (on the right, or the left for generation), visual
+    features concatenated."""
     lengths = [features["input_ids"].shape[1] for features in featured]
     width = max(lengths) + (-max(lengths) % multiple)
     fill = {"input_ids": pad_token_id, "labels": IGNORE}
@@ -165,7 +196,10 @@ def merge(featured: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: 
         values = [features[key] for features in featured]
         if key in sequence_keys(featured[0], lengths[0]):
             values = [
-                torch.nn.functional.pad(value, (0, width - value.shape[1]), value=fill.get(key, 0)) for value in values
+                torch.nn.functional.pad(
+                    value, (width - value.shape[1], 0) if left else (0, width - value.shape[1]), value=fill.get(key, 0)
+                )
+                for value in values
             ]
         elif isinstance(values[0], torch.Tensor) and len({value.shape[1:] for value in values}) > 1:
             values = padded_to_one_shape(values)  # SmolVLM: rows of different frame counts

@@ -55,8 +55,9 @@ class StartedRun:
             print(f"vtt adapters: {adapters.trainable_summary(model)}", flush=True)
         return model
 
-    def callbacks(self) -> list[Any]:
-        record = RunRecord(self.trainer, self.run, self.task, {"save_total_limit": self.keep})
+    def callbacks(self, **facts: Any) -> list[Any]:
+        """The Trainer's callbacks; `facts` go into vtt-run.json beside the run config."""
+        record = RunRecord(self.trainer, self.run, self.task, {"save_total_limit": self.keep}, facts)
         callbacks = [ThroughputCallback(), self.stopper, self.guard, record]
         if os.environ.get(PROFILE_ENV):
             callbacks.append(ProfileCallback(os.environ[PROFILE_ENV]))

@@ -15,11 +15,10 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import collective
-from vtt.data.collate import VisionCollator
+from vtt.data.collate import VisionCollator, sampling_for
 from vtt.data.datasets import llava_dataset
-from vtt.data.video import Sampling
 from vtt.models.attention import enable_right_padded_sdpa
-from vtt.models.families import decode_size, family_of, frame_multiple, freeze_vision_tower, set_pixel_budget
+from vtt.models.families import family_of, freeze_vision_tower, set_pixel_budget
 from vtt.models.llava import fix_processor
 from vtt.train.harness import fit, start
 
@@ -40,15 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     if video.freeze_vision_tower:
         freeze_vision_tower(model, family)
     model = started.adapt(model)
-    # Frames come out of the decoder at the processor's size: a 4K clip costs a worker 384 px frames.
-    sampling = Sampling(
-        num_frames=video.num_frames,
-        fps=None if family.fixed_frames else video.fps,
-        max_frames=video.max_frames,
-        size=decode_size(processor, family),
-        backend=video.video_backend,
-        multiple=frame_multiple(processor) if family.visual_input == "video" else 1,
-    )
+    sampling = sampling_for(processor, family, vars(video))
     rejects = Path(training.output_dir) / "rejects.jsonl"
     if collective.is_rank0():
         rejects.unlink(missing_ok=True)  # this run's rejects only
@@ -64,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=evaluation,
         processing_class=processor,
         data_collator=VisionCollator(processor, family, training.pad_to_multiple_of, training.max_length),
-        callbacks=started.callbacks(),
+        callbacks=started.callbacks(family=family.name, visual_input=family.visual_input),
     )
     data = {
         "dataset": run.dataset,
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         "family": family.name,
         "visual_input": family.visual_input,
     }
-    fit(trainer, started, data=data, companion=processor, eval_options={"num_frames": video.num_frames})
+    fit(trainer, started, data=data, companion=processor, eval_options={})  # predict samples as recorded
 
 
 if __name__ == "__main__":

@@ -52,9 +52,18 @@ def deepspeed_config(args) -> dict[str, Any] | None:
 class RunRecord(TrainerCallback):
     """Save the run config and the DeepSpeed config actually used into output_dir (rank 0, at train start)."""
 
-    def __init__(self, trainer: str, run: Any, task: Any, applied_by_vtt: dict[str, Any] | None = None):
-        # applied_by_vtt: training arguments vtt takes over from the Trainer, recorded as the user gave them
+    def __init__(
+        self,
+        trainer: str,
+        run: Any,
+        task: Any,
+        applied_by_vtt: dict[str, Any] | None = None,
+        facts: dict[str, Any] | None = None,
+    ):
+        # applied_by_vtt: training arguments vtt takes over from the Trainer, recorded as the user gave them;
+        # facts: what the trainer found out (the model's family, how it takes a clip, its visual tokens)
         self.trainer, self.run, self.task, self.applied_by_vtt = trainer, run, task, applied_by_vtt or {}
+        self.facts = facts or {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not collective.is_rank0():
@@ -63,6 +72,7 @@ class RunRecord(TrainerCallback):
         ds = deepspeed_config(args)
         record = {
             "trainer": self.trainer,
+            **self.facts,
             "world_size": args.world_size,
             "run": asdict(self.run),
             "task": asdict(self.task),

@@ -1,0 +1,157 @@
+"""Every vision-language family through vtt's own data path and trainer: tiny random models from `vtt tiny`
+(real processor classes, chat templates and special tokens), the demo's real clips, `vtt run`, predict, eval.
+
+The video families get each clip as a video with its real metadata; LLaVA (tests/test_llava_trainer.py)
+gets frames as images. The labels cover the answer only; a rank whose clips all fail still runs the tower.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, manifest_with_broken_clips, train
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vtt.cli import main as vtt
+from vtt.data.collate import VisionCollator, sampling_for
+from vtt.data.datasets import llava_dataset
+from vtt.data.video import read_clip
+from vtt.models.families import family_of
+from vtt.models.llava import fix_processor
+
+VIDEO_FAMILIES = ["qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video", "smolvlm"]
+SETTINGS = {"num_frames": 4, "fps": 2.0, "max_frames": 6}  # fps sampling where the family takes it
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Each family's tiny model as `vtt tiny` builds it, once per module."""
+    base, built = tmp_path_factory.mktemp("families"), {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            assert vtt(["tiny", "--family", family, "--out", str(base / family)]) == 0
+            built[family] = base / family
+        return built[family]
+
+    return get
+
+
+def loaded(path: Path):
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    fix_processor(processor, model.config)
+    return processor, model, family_of(model.config, processor)
+
+
+def visual_token_id(processor, family) -> int:
+    name = "image_token_id" if family.visual_input == "images" or family.name == "smolvlm" else "video_token_id"
+    return getattr(processor, name)
+
+
+def row_of(clip) -> dict:
+    """A training row holding `clip` as the dataset gives it to the collator."""
+    return {
+        "prompt": [{"role": "user", "content": [{"type": "text", "text": "what moves?"}]}],
+        "completion": [{"role": "assistant", "content": [{"type": "text", "text": "a square"}]}],
+        "images": clip.frames,
+        "clip": {"times": clip.times, "rate": clip.rate, "duration": clip.duration},
+    }
+
+
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
+def test_loss_covers_only_the_answer_and_the_clip_goes_in_as_a_video(name, tiny, demo_inputs):
+    processor, model, family = loaded(tiny(name))
+    assert family.visual_input == "video"
+    data = llava_dataset(demo_inputs["manifest"], sampling_for(processor, family, SETTINGS), None, 1.0,
+                         family.fixed_frames)  # fmt: skip
+    rows = [data[0], data[1]]
+    rows[1]["completion"][0]["content"][0]["text"] += " and then it stops"  # one row carries padding
+    batch = VisionCollator(processor, family, pad_to_multiple_of=8)(rows)
+    assert batch["input_ids"].shape[1] % 8 == 0
+    assert "pixel_values_videos" in batch or name == "smolvlm"  # SmolVLM's frames travel as its images
+    token = visual_token_id(processor, family)
+    for row, ids, labels in zip(rows, batch["input_ids"], batch["labels"], strict=True):
+        kept = labels[labels != -100]
+        assert (ids == token).sum() > 0 and not (kept == token).any()
+        answer = row["completion"][0]["content"][0]["text"]
+        assert processor.tokenizer.decode(kept, skip_special_tokens=True).strip() == answer
+        assert processor.tokenizer.eos_token_id in kept.tolist(), "the answer teaches the model to stop"
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_qwen2_5_vl_takes_whole_temporal_patches_spaced_by_the_real_sampled_rate(tiny, demo_inputs):
+    processor, _, family = loaded(tiny("qwen2_5_vl"))
+    clip_path = sorted(demo_inputs["manifest"].parent.glob("*.mp4"))[0]
+    sampling = sampling_for(processor, family, {"num_frames": 5})
+    clip = read_clip(clip_path, sampling)
+    assert len(clip.frames) == 4, "5 frames asked: sampled as two whole temporal patches"
+    row = row_of(clip)
+    features = VisionCollator(processor, family).row(row)
+    assert features["video_grid_thw"][0, 0] == 2  # 4 frames, no repeated frame
+    sampled_rate = len(clip.times) / clip.duration
+    assert features["second_per_grid_ts"][0] == pytest.approx(2 / sampled_rate, rel=0.05)
+
+
+def test_qwen3_vl_writes_the_frames_real_times_into_the_prompt(tiny, demo_inputs):
+    processor, _, family = loaded(tiny("qwen3_vl"))
+    clip_path = sorted(demo_inputs["manifest"].parent.glob("*.mp4"))[0]
+    clip = read_clip(clip_path, sampling_for(processor, family, {"fps": 2.0, "max_frames": 6}))
+    row = row_of(clip)
+    text = processor.tokenizer.decode(VisionCollator(processor, family).row(row)["input_ids"][0])
+    written = [float(t) for t in re.findall(r"<([0-9.]+) seconds>", text)]
+    pairs = [(clip.times[i] + clip.times[i + 1]) / 2 for i in range(0, len(clip.times), 2)]
+    assert written == pytest.approx(pairs, abs=0.06), "each temporal patch's time is its frames' mean time"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
+def test_every_family_trains_saves_predicts_and_evaluates(name, tiny, demo_inputs, held_out, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["--model_name_or_path", str(tiny(name)), "--dataset", str(demo_inputs["manifest"]),
+                 "--fps", "2", "--max_frames", "6", "--max_steps", "3", "--output_dir", str(out),
+                 "--report_to", "none", "--eval_dataset", str(held_out), "--generate_eval", "true"]  # fmt: skip
+    train("jobs/tiny-llava.yaml", 1, overrides)
+    record = json.loads((out / "vtt-run.json").read_text())
+    assert (record["family"], record["visual_input"]) == (name, "video")
+    trained = AutoModelForImageTextToText.from_pretrained(out)
+    assert trained.config.model_type == name
+    assert type(AutoProcessor.from_pretrained(out)).__name__ == type(AutoProcessor.from_pretrained(tiny(name))).__name__
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 3 and all(isinstance(row["prediction"], str) for row in predictions)
+    metrics = json.loads((out / "eval_generation.json").read_text())["metrics"]
+    assert (metrics["samples"], metrics["failed"]) == (3, 0)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_clips_all_fail_does_not_hang_zero3(tiny, demo_inputs, tmp_path):
+    """Rank 1's sample and the 16 after it are unreadable: it trains on a stand-in clip without labels, so
+    both ranks run the vision tower and ZeRO-3's parameter gathers match; the run ends instead of hanging.
+    Sequential sampling at micro batch 1 on 2 ranks: rank 0 reads line 1 (a clip), rank 1 line 2 (not)."""
+    count = 1 + 17
+    manifest, rows = manifest_with_broken_clips(demo_inputs, tmp_path, broken=0)
+    good = rows[0]
+    lines = [good] + [{**rows[1], "video": f"bad{i}.mp4", "id": f"bad-{i}"} for i in range(count - 1)]
+    for line in lines[1:]:
+        (tmp_path / line["video"]).write_bytes(bytes(range(256)) * 8)  # a real file, no video
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", "jobs/tiny-llava.yaml", "--gpus", "2",
+               "--model_name_or_path", str(tiny("qwen2_5_vl")), "--dataset", str(manifest),
+               "--deepspeed", "deepspeed/zero3.json", "--per_device_train_batch_size", "1",
+               "--global_batch_size", "2", "--max_steps", "1", "--max_reject_ratio", "1.0",
+               "--train_sampling_strategy", "sequential",
+               "--output_dir", str(out), "--report_to", "none"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(out.glob("model*.safetensors")), "the run ended and saved"
+    rejected = {json.loads(line)["id"] for line in (out / "rejects.jsonl").read_text().splitlines()}
+    assert {f"bad-{i}" for i in range(16)} <= rejected, "rank 1's clip and the 16 tried after it were reported"
