@@ -277,3 +277,37 @@ def test_prepare_removes_partial_files_of_killed_runs_from_its_cache(mixed_manif
         path.write_bytes(b"half")
     prepare(mixed_manifest, tmp_path / "prepared", "--trainer", "llava", "--frames", "2")
     assert not any(path.exists() for path in stale)
+
+
+def test_prepare_rejects_samples_over_max_visual_tokens_before_decoding(demo_inputs, tmp_path, capsys):
+    common = ["--trainer", "llava", "--model", str(demo_inputs["llava"]), "--max-reject-ratio", "1", "--frames", "4"]
+    # The tiny LLaVA: 16 visual tokens a frame, 64 for 4 frames.
+    assert prepare(demo_inputs["manifest"], tmp_path / "fits", *common, "--max-visual-tokens", "64") == 0
+    out = capsys.readouterr().out
+    assert "visual tokens of 8 samples: min=64, p50=64, p90=64, p99=64, mean=64.0, max=64; max_visual_tokens=64" in out
+    assert prepare(demo_inputs["manifest"], tmp_path / "over", *common, "--max-visual-tokens", "40") == 1
+    out = capsys.readouterr().out
+    assert "0 to decode" in out and "8  over max_visual_tokens" in out  # none decoded
+    [first, *_] = map(json.loads, (tmp_path / "over.rejects.jsonl").read_text().splitlines())
+    assert first["reason"].startswith("64 visual tokens (4 frames) is over max_visual_tokens=40; at most 2 frames fit")
+
+
+def test_prepare_predicts_a_video_familys_visual_tokens_per_clip_length(tmp_path, capsys):
+    from vtt.models.tiny_video import build_tiny_vlm
+
+    model = build_tiny_vlm("qwen2_5_vl", tmp_path / "qwen")
+    lines = []
+    for seconds in (1, 2, 4):
+        clip = pattern_clip(tmp_path / f"c{seconds}.mp4", H264, seconds=seconds, rate=10, size="64x48")
+        lines.append({"video": clip.name, "question": "what moves", "answer": "a square"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ["--trainer", "llava", "--model", str(model), "--max-reject-ratio", "1", "--fps", "2"]
+    # 2, 4 and 8 frames resized to the 64x64 px budget: 1, 2 and 4 temporal patches of 4x3 merged tokens.
+    assert prepare(manifest, tmp_path / "out", *common, "--max-visual-tokens", "30") == 0
+    out = capsys.readouterr().out
+    assert "2 to decode" in out
+    assert "visual tokens of 2 samples: min=12, p50=18, p90=22, p99=23, mean=18.0, max=24" in out
+    [reject] = map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())
+    assert reject["line"] == 3 and reject["kind"] == "over max_visual_tokens"
+    assert reject["reason"].startswith("48 visual tokens (8 frames) is over max_visual_tokens=30; at most 4 frames fit")

@@ -56,6 +56,7 @@ def models(tmp_path_factory):
         processor, config = AutoProcessor.from_pretrained(path), AutoConfig.from_pretrained(path)
         fix_processor(processor, config)  # as the trainer loads it
         built[family] = (processor, config)
+        built[f"{family} path"] = path
     return built
 
 
@@ -170,3 +171,36 @@ def test_visual_tokens_a_probe_of_a_file_that_is_not_a_video_is_a_video_error(tm
     ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "1", str(tmp_path / "sound.m4a"))
     with pytest.raises(VideoError, match="no video stream"):
         probe(tmp_path / "sound.m4a")
+
+
+def test_visual_tokens_vtt_check_data_prints_the_distribution_and_names_samples_over_budget(
+    models, clips, tmp_path, capsys
+):
+    from vtt.cli import main
+
+    manifest = tmp_path / "manifest.jsonl"
+    names = ["wide", "strip", "odd"]
+    manifest.write_text("".join(f'{{"video": "{clips[n]}", "question": "q", "answer": "a"}}\n' for n in names))
+    model = str(models["qwen2_5_vl path"])
+    common = ["check", "--config", "jobs/tiny-llava.yaml", "--data", str(manifest), "--model_name_or_path", model]
+    common += ["--fps", "2", "--max_pixels", "1024", "--max_reject_ratio", "0.5"]
+    processor = models["qwen2_5_vl"][0]
+    import copy
+
+    processor = copy.deepcopy(processor)
+    set_pixel_budget(processor, None, 1024)
+    sampling = run_sampling(processor, FAMILIES["qwen2_5_vl"], {"fps": 2, "num_frames": 4})
+    counts = [predicted_tokens(clips[n], sampling, processor, FAMILIES["qwen2_5_vl"]) for n in names]
+    assert main([*common, "--max_visual_tokens", str(max(counts))]) == 0
+    out = capsys.readouterr().out
+    assert f"min={min(counts)}" in out and f"max={max(counts)}; max_visual_tokens={max(counts)}" in out
+    assert "0 of 3 samples would be left out" in out
+    budget = sorted(counts)[1]  # the longest clip is over: within the ratio, so exit 0 with it named
+    assert main([*common, "--max_visual_tokens", str(budget)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"line 2: {clips['strip']}: {max(counts)} visual tokens (12 frames) is over max_visual_tokens={budget}" in out
+    )
+    assert "frames fit: sample fewer frames (fps/max_frames) or lower max_pixels" in out
+    assert main([*common, "--max_visual_tokens", "1"]) == 2  # every sample over: the run would stop
+    assert "is over max_reject_ratio 50.0%: exit 2" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     vtt check --deepspeed deepspeed/zero2.json --gpus 4 [--nodes 2] [--config jobs/llava.yaml] [--json]
               [--fix OUT] [--gpu-memory 80] [--per_device_train_batch_size 2 ...]
+    vtt check --config jobs/qwen2_5_vl-7b.yaml --data data/manifest.jsonl [--gpus 8 ...] [--max_pixels 200704]
 
 The verdict comes from the code the runtime runs, in the order it runs it, with the world size given
 instead of read from torch.distributed (a login node has none):
@@ -25,6 +26,12 @@ given. With use_peft the model is counted wrapped with the run's adapter (vtt.mo
 says what trains (`trainable 40.0M of 8.2B parameters (0.49%), LoRA r=16 on 224 modules`) and the memory
 estimate is LoRA's or QLoRA's (vtt.check.memory). `--fix OUT` writes a copy of the file with every value
 the Trainer owns set to "auto".
+
+`--data MANIFEST` (with --config; --gpus optional then) predicts each sample's visual tokens from its
+container, sampled and resized as the run's model and video settings say (vtt.data.budget): it prints
+their distribution and names each sample over max_visual_tokens (or whose visual tokens alone reach
+max_length) with the frames that fit; it exits 2 when those and the unreadable samples are more than
+max_reject_ratio of the manifest (the run would stop, or train on fewer samples than asked).
 """
 
 from __future__ import annotations
@@ -177,6 +184,85 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     return report
 
 
+def check_data(config: str | Path | None, manifest: str | Path, overrides: Sequence[str] = ()) -> int:
+    """`vtt check --data`: print the manifest's visual-token distribution and each sample over budget;
+    2 when the samples left out are over max_reject_ratio, else 0 (see the module docstring)."""
+    from vtt.data.budget import (
+        clip_frames,
+        distribution_line,
+        frames_that_fit,
+        has_pixel_budget,
+        over_budget_reason,
+        probe,
+        run_sampling,
+        tokens_of,
+    )
+    from vtt.data.datasets import manifest_entries
+    from vtt.data.download import is_url
+    from vtt.data.prepare import load_processor, model_config
+    from vtt.data.video import VideoError
+    from vtt.models.families import family_of, set_pixel_budget
+
+    with quiet():
+        run, task, args, _, _ = training_arguments(run_command(config, overrides), 1)
+    if run is None or run.trainer != "llava":
+        raise ValueError("--data needs --config of a llava run: its model and video settings count the tokens")
+    processor = load_processor(run.model_name_or_path)
+    family = family_of(model_config(run.model_name_or_path), processor)
+    set_pixel_budget(processor, task.min_pixels, task.max_pixels)
+    sampling = run_sampling(processor, family, vars(task))
+    samples, rejects = manifest_entries(manifest)
+    budget, max_length = task.max_visual_tokens, args.max_length
+    counts, over, unknown, urls = [], [], [], 0
+    pixels = has_pixel_budget(processor)
+    for sample in samples:
+        if is_url(sample.video):
+            urls += 1
+            continue
+        try:
+            info = probe(sample.video)
+            tokens = tokens_of(info, sampling, processor, family)
+        except VideoError as err:
+            unknown.append(f"line {sample.line}: {err}")
+            continue
+        counts.append(tokens)
+        knob = "num_frames" if sampling.fps is None else "fps/max_frames"
+        frames = clip_frames(info, sampling, family)
+        if budget and tokens > budget:
+            fit = frames_that_fit(info, sampling, processor, family, budget)
+            over.append(
+                f"line {sample.line}: {sample.video}: {over_budget_reason(tokens, frames, fit, budget, knob, pixels)}"
+            )
+        elif max_length and tokens >= max_length:  # the visual tokens alone leave the text no room
+            fit = frames_that_fit(info, sampling, processor, family, max_length - 1)
+            reason = f"{tokens} visual tokens ({frames} frames) alone reach max_length={max_length}; at most {fit} "
+            reason += f"frames leave the text room: sample fewer frames ({knob})" + " or lower max_pixels" * pixels
+            over.append(f"line {sample.line}: {sample.video}: {reason}")
+    where = f"{run.model_name_or_path} ({family.name}), {sampling_text(sampling)}"
+    print(f"vtt check --data {manifest}: {where}")
+    print(f"  {distribution_line(counts, budget)}" + (f"; max_length={max_length}" if max_length else ""))
+    for line in over + unknown:
+        print(f"  {line}")
+    if urls:
+        print(f"  {urls} sample(s) by URL not counted: their tokens are known once downloaded (vtt prepare)")
+    total = len(samples) + len(rejects)
+    left_out = len(over) + len(unknown) + len(rejects)
+    ratio = left_out / total if total else 0.0
+    verdict = f"{left_out} of {total} samples would be left out ({len(over)} over budget, {len(unknown)} unreadable"
+    verdict += f", {len(rejects)} bad manifest lines)"
+    if ratio > task.max_reject_ratio:
+        print(f"{verdict}: {ratio:.1%} is over max_reject_ratio {task.max_reject_ratio:.1%}: exit 2")
+        return 2
+    print(f"{verdict}: within max_reject_ratio {task.max_reject_ratio:.1%}")
+    return 0
+
+
+def sampling_text(sampling) -> str:
+    frames = f"{sampling.num_frames} frames" if sampling.fps is None else f"{sampling.fps:g} fps"
+    cap = f" (at most {sampling.max_frames})" if sampling.fps is not None and sampling.max_frames else ""
+    return f"{frames}{cap}, decoded at {sampling.size or 'the source size'}"
+
+
 def parameters_summary(counts: ParameterCount) -> dict[str, Any]:
     """What trains, for the report's line and --json: counts, share, and the adapter's settings."""
     adapter = counts.adapter
@@ -268,7 +354,7 @@ def fix_deepspeed(source: str | Path, out: str | Path) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deepspeed", help="DeepSpeed JSON file (default: the one the run config names)")
-    parser.add_argument("--gpus", type=int, required=True, help="GPUs per node")
+    parser.add_argument("--gpus", type=int, help="GPUs per node (needed unless only --data is checked)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (world size = nodes x gpus)")
     parser.add_argument("--config", help="run config, e.g. jobs/llava.yaml (default: TrainingArguments defaults)")
     parser.add_argument(
@@ -277,6 +363,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disk", action="store_true", help="also check the free space where output_dir will be written (run it there)"
     )
+    parser.add_argument(
+        "--data", type=Path, help="manifest whose samples' visual tokens to predict and check (needs --config)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--fix", type=Path, help='write a copy with every Trainer-owned value "auto" here')
     parser.epilog = "Other --name value pairs are training arguments (--per_device_train_batch_size 2 --bf16 true)."
@@ -284,6 +373,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     config = shipped(args.config) if args.config else None
+    if args.gpus is None and not args.data:
+        raise ValueError("--gpus is needed: GPUs per node, to check the DeepSpeed file (or --data to check a manifest)")
+    data_code = check_data(config, args.data, extra) if args.data else 0
+    if args.gpus is None:
+        return data_code
     report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory, disk=args.disk)
     if args.fix:
         changed = fix_deepspeed(shipped(report.deepspeed), args.fix)
@@ -293,4 +387,4 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print("\n".join(report.lines()))
-    return 0 if report.ok else 1
+    return max(data_code, 0 if report.ok else 1)

@@ -153,13 +153,22 @@ def frames_that_fit(info: Probe, sampling: Sampling, processor: Any, family: Fam
     return frames if frames >= step else 0
 
 
-def over_budget_reason(tokens: int, frames: int, fit: int, max_visual_tokens: int, knob: str) -> str:
-    """Why a sample is left out, and the fix: fewer frames (the most that fit), or a smaller frame size."""
-    fix = f"at most {fit} frames fit" if fit else "not even one frame fits"
+def over_budget_reason(
+    tokens: int, frames: int, fit: int | None, max_visual_tokens: int, knob: str, pixels: bool = False
+) -> str:
+    """Why a sample is left out, and the fix: fewer frames (the most that fit, when known), or (`pixels`: the
+    family has a pixel budget) a lower max_pixels."""
+    fix = "fewer frames fit" if fit is None else f"at most {fit} frames fit" if fit else "not even one frame fits"
+    smaller = " or lower max_pixels" if pixels else ""
     return (
         f"{tokens} visual tokens ({frames} frames) is over max_visual_tokens={max_visual_tokens}; {fix}: "
-        f"sample fewer frames ({knob}) or lower max_pixels; truncating would cut through its vision tokens"
+        f"sample fewer frames ({knob}){smaller}; truncating would cut through its vision tokens"
     )
+
+
+def has_pixel_budget(processor: Any) -> bool:
+    """Whether min_pixels / max_pixels apply (Qwen-VL's video processors), as set_pixel_budget decides."""
+    return getattr(getattr(processor, "video_processor", None), "temporal_patch_size", None) is not None
 
 
 def distribution(counts: list[int] | np.ndarray) -> dict[str, float]:

@@ -1,14 +1,16 @@
 """Videos + a manifest -> a dataset on disk in a trainer's format (`vtt prepare`, `make prepare`).
 
     vtt prepare --manifest data/manifest.jsonl --out data/prepared --trainer llava --frames 5 --workers 8 \
-        [--model llava-hf/llava-interleave-qwen-7b-hf --max-length 4096]
+        [--model llava-hf/llava-interleave-qwen-7b-hf --max-length 4096 --max-visual-tokens 3000]
 
 llava: frames are decoded once, in worker processes, into `<out>.cache/frames` (a re-run decodes only
 what is not there), then written with the conversation as prompt / completion / images rows
 (`datasets.Image`). seq2seq: source / target rows, no frame decoded. URLs are downloaded once into
 `<out>.cache/downloads`. The dataset is built in a hidden folder beside `--out` and renamed into place
 when complete (vtt.outputs: --out may not hold the manifest or its videos, may only replace an earlier
-`vtt prepare` output, and takes one writer at a time). Samples that cannot be used are skipped and listed
+`vtt prepare` output, and takes one writer at a time). With --model, each sample's visual tokens are
+predicted from its container before decoding (vtt.data.budget): one over --max-visual-tokens is rejected
+with the frames that would fit, never decoded, never truncated. Samples that cannot be used are skipped and listed
 in `<out>/rejects.jsonl`; the exit code is 1 when more than --max-reject-ratio of them were. When none can
 be used no dataset is written: the rejects go to `<out>.rejects.jsonl` and `--out` is left as it was
 (exit 1). A full disk stops with exit 28 (ENOSPC), `--out` left as it was.
@@ -17,6 +19,7 @@ be used no dataset is written: the rejects go to `<out>.rejects.jsonl` and `--ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,13 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from vtt.data.budget import clip_frames, distribution_line, frames_that_fit, over_budget_reason, probe, tokens_of
 from vtt.data.collate import VisionCollator
 from vtt.data.datasets import Reject, Sample, llava_example, manifest_entries, own_id, seq2seq_source
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
 from vtt.data.manifest import local_videos
 from vtt.data.video import Sampling, VideoError, read_clip
 from vtt.exits import Exit
-from vtt.models.families import decode_size, family_of
+from vtt.models.families import decode_size, family_of, frame_multiple
+from vtt.models.visual_tokens import placeholder_id
 from vtt.outputs import Claim, NoSpace, claim_output, space_checked
 
 
@@ -93,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-length", type=count(1), help="reject samples longer than this many tokens (needs --model)"
     )
     parser.add_argument(
+        "--max-visual-tokens",
+        type=count(1),
+        help="reject samples whose clip gives more visual tokens than this, before decoding (needs --model)",
+    )
+    parser.add_argument(
         "--max-reject-ratio", type=number(0, 1), default=0.05, help="exit 1 above this share of rejects (0 to 1)"
     )
     parser.add_argument("--cache", type=Path, help="downloads and decoded frames (default: <out>.cache)")
@@ -108,8 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise ValueError(f"unknown arguments {' '.join(extra)}")
-    if args.max_length and not args.model:
-        raise ValueError("--max-length needs --model: the model's processor counts the tokens of each sample")
+    for option, value in (("--max-length", args.max_length), ("--max-visual-tokens", args.max_visual_tokens)):
+        if value and not args.model:
+            raise ValueError(f"{option} needs --model: the model's processor counts the tokens of each sample")
     samples, rejects = manifest_entries(args.manifest)
     total = len(samples) + len(rejects)
     out = args.out.resolve()
@@ -145,19 +156,29 @@ def llava_rows(
         max_frames=args.max_frames,
         size=args.size or (decode_size(processor, family) if processor else None),
         backend=args.backend,
+        # Qwen-VL: whole temporal patches, as the trainer samples them
+        multiple=frame_multiple(processor) if processor and family.visual_input == "video" else 1,
     )
+    budget = getattr(args, "max_visual_tokens", None)
+    if budget:
+        samples, over = within_budget(samples, sampling, processor, family, budget)
+        rejects = rejects + over
     policy = DownloadPolicy(args.retries, timeout=args.timeout, max_bytes=int(args.max_download_mb * 2**20))
     with space_checked(cache):
         frames, failed = decode_all(samples, sampling, cache, policy, args.workers)
     rejects = rejects + failed
-    rows, lengths = [], []
+    rows, lengths, visual = [], [], []
     for sample in samples:
         if sample.line not in frames:
             continue
         pngs, timing = read_decoded(frames[sample.line])
         row = dict(llava_example(sample, [{"bytes": png, "path": None} for png in pngs]), clip=timing)
         if processor is not None:
-            length = sequence_length(processor, family, row)
+            length, tokens = sequence_length(processor, family, row)
+            if budget and tokens > budget:  # a clip its container could not tell about (a URL): counted now
+                reason = over_budget_reason(tokens, len(row["images"]), None, budget, "--frames/--max-frames", False)
+                rejects.append(Reject(sample.line, sample.video, reason, "over max_visual_tokens", own_id(sample)))
+                continue
             if args.max_length and length > args.max_length:
                 reason = (
                     f"{length} tokens ({len(row['images'])} frames + text) is over max_length={args.max_length}; "
@@ -166,10 +187,36 @@ def llava_rows(
                 rejects.append(Reject(sample.line, sample.video, reason, "over max_length", own_id(sample)))
                 continue
             lengths.append(length)
+            visual.append(tokens)
         rows.append(row)
     if lengths:
         print_lengths(lengths, args.max_length)
+        print(f"vtt prepare: {distribution_line(visual, budget)}")
     return rows, rejects
+
+
+def within_budget(
+    samples: list[Sample], sampling: Sampling, processor, family, budget: int
+) -> tuple[list[Sample], list[Reject]]:
+    """The samples whose predicted visual tokens fit `budget`, and a reject (with the frames that fit) for
+    each other one: predicted from its container, so it is never decoded. A clip its container cannot
+    tell about (a URL, a broken header) is kept: its decode says, and its real count is checked then."""
+    family = dataclasses.replace(family, fixed_frames=False)  # prepare writes the frames a clip has
+    kept, over = [], []
+    for sample in samples:
+        try:
+            info = probe(sample.video) if not is_url(sample.video) else None
+        except VideoError:
+            info = None
+        tokens = tokens_of(info, sampling, processor, family) if info else 0
+        if tokens <= budget:
+            kept.append(sample)
+            continue
+        frames = clip_frames(info, sampling, family)
+        fit = frames_that_fit(info, sampling, processor, family, budget)
+        reason = over_budget_reason(tokens, frames, fit, budget, "--frames/--max-frames")
+        over.append(Reject(sample.line, sample.video, reason, "over max_visual_tokens", own_id(sample)))
+    return kept, over
 
 
 def frames_key(video: str, sampling: Sampling) -> str:
@@ -281,12 +328,14 @@ def load_processor(model: str):
     return processor
 
 
-def sequence_length(processor, family, row: dict[str, Any]) -> int:
-    """Tokens of the whole conversation as the trainer will see it: its collator's row, visual tokens included."""
+def sequence_length(processor, family, row: dict[str, Any]) -> tuple[int, int]:
+    """Tokens of the whole conversation as the trainer will see it (its collator's row, visual tokens
+    included), and its visual tokens."""
     from PIL import Image
 
     images = [Image.open(io.BytesIO(image["bytes"])).convert("RGB") for image in row["images"]]
-    return int(VisionCollator(processor, family).row(dict(row, images=images))["input_ids"].shape[-1])
+    ids = VisionCollator(processor, family).row(dict(row, images=images))["input_ids"]
+    return int(ids.shape[-1]), int((ids == placeholder_id(processor, family)).sum())
 
 
 def print_lengths(lengths: list[int], max_length: int | None) -> None:
