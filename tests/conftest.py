@@ -40,6 +40,37 @@ def tiny_run(demo_inputs: dict[str, Path], trainer: str) -> list[str]:
     return ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
 
 
+SAVE_STEPS = 2  # a twin saves at its second step where the real run saves at its 200th
+# The shipped run config of each video family (trained on the family's tiny model by test_video_families).
+FAMILY_CONFIGS = {
+    "qwen2_5_vl": "qwen2_5_vl-7b.yaml",
+    "qwen3_vl": "qwen3_vl-8b.yaml",
+    "llava_onevision": "llava-onevision-7b.yaml",
+    "smolvlm": "smolvlm2-2b.yaml",
+}
+
+
+def twin(config: Path, demo_inputs, out: Path, steps: int, model: Path | None = None) -> list[str]:
+    """Overrides that make `config` a tiny run on this CPU, keeping its save settings (tests/test_shipped_configs.py
+    says which); `model`: the tiny model of its family, when not the demo's."""
+    from vtt.config import read_yaml
+
+    shipped = read_yaml(config)
+    saves = shipped.get("save_strategy") == "steps"
+    data = tiny_run(demo_inputs, shipped["trainer"])
+    return [
+        *(data if model is None else ["--model_name_or_path", str(model), *data[2:]]),
+        *("--output_dir", str(out), "--max_steps", str(steps), "--logging_steps", "1"),
+        *("--per_device_train_batch_size", "2", "--global_batch_size", "2"),
+        *("--save_steps", str(SAVE_STEPS)),
+        *(() if saves else ("--save_strategy", "steps")),
+        *(("--bf16", "false") if shipped.get("bf16") else ()),
+        *(("--dataloader_num_workers", "1") if shipped.get("dataloader_num_workers") else ()),
+        *(("--use_liger_kernel", "false") if shipped.get("use_liger_kernel") else ()),
+        *(("--push_to_hub", "false") if shipped.get("push_to_hub") else ()),
+    ]
+
+
 def train(config: str, gpus: int, overrides: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`vtt run` as a user types it; fails the test with the output when the launch fails."""
     command = [sys.executable, "-m", "vtt.cli", "run", "--config", config, "--gpus", str(gpus), *overrides]

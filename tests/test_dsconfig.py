@@ -183,7 +183,7 @@ def test_shipped_deepspeed_file_is_consistent_with_default_arguments(ds, gpus):
     assert report.config["train_batch_size"] == 8 * gpus  # TrainingArguments' default micro batch of 8
 
 
-@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("job", SHIPPED_JOBS, ids=lambda p: p.name)
 def test_shipped_run_config_checks_at_gpu_count(job, gpus):
     from vtt.config import read_yaml

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, manifest_with_broken_clips, train
+from conftest import FAMILY_CONFIGS, ROOT, SAVE_STEPS, manifest_with_broken_clips, train, twin
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt.cli import main as vtt
@@ -88,6 +88,30 @@ def test_loss_covers_only_the_answer_and_the_clip_goes_in_as_a_video(name, tiny,
     assert torch.isfinite(loss)
 
 
+def test_a_clip_over_max_visual_tokens_is_left_out_at_load_with_the_frames_that_fit(tiny, tmp_path):
+    from vtt.data.budget import VisualBudget
+    from vtt.data.synthetic import write_video
+
+    processor, _, family = loaded(tiny("qwen2_5_vl"))
+    lines = []
+    for i, seconds in enumerate((1, 2, 4, 6)):  # 12 fps clips: the longer, the more frames at fps 2
+        write_video(tmp_path / f"c{i}.mp4", "red", "left", frames=12 * seconds)
+        lines.append({"video": f"c{i}.mp4", "question": "what moves?", "answer": "a square", "id": f"c{i}"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sampling = sampling_for(processor, family, {"fps": 2.0, "max_frames": 16})
+    counted = VisualBudget(processor, family, sampling)
+    llava_dataset(manifest, sampling, budget=counted)
+    cap = sorted(counted.counts)[1]  # two clips fit, the two longer ones do not
+    rejects = tmp_path / "rejects.jsonl"
+    data = llava_dataset(manifest, sampling, rejects, budget=VisualBudget(processor, family, sampling, cap))
+    over = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(data) == 2 and sorted(r["id"] for r in over) == ["c2", "c3"]
+    assert all(f"over max_visual_tokens={cap}" in r["reason"] and "frames fit" in r["reason"] for r in over)
+    batch = VisionCollator(processor, family)([data[0], data[1]])
+    assert all(0 < (ids == processor.video_token_id).sum() <= cap for ids in batch["input_ids"])
+
+
 def test_qwen2_5_vl_takes_whole_temporal_patches_spaced_by_the_real_sampled_rate(tiny, demo_inputs):
     processor, _, family = loaded(tiny("qwen2_5_vl"))
     clip_path = sorted(demo_inputs["manifest"].parent.glob("*.mp4"))[0]
@@ -115,16 +139,24 @@ def test_qwen3_vl_writes_the_frames_real_times_into_the_prompt(tiny, demo_inputs
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_every_family_trains_saves_predicts_and_evaluates(name, tiny, demo_inputs, held_out, tmp_path):
+    """Its shipped run config (jobs/, tiny-llava.yaml for LLaVA-NeXT-Video) as a tiny twin on its tiny model:
+    the config's own sampling, pixel budget, DeepSpeed file and save path; a checkpoint, the final model,
+    then predictions and metrics on held-out clips."""
     out = tmp_path / "run"
-    overrides = ["--model_name_or_path", str(tiny(name)), "--dataset", str(demo_inputs["manifest"]),
-                 "--fps", "2", "--max_frames", "6", "--max_steps", "3", "--output_dir", str(out),
-                 "--report_to", "none", "--eval_dataset", str(held_out), "--generate_eval", "true"]  # fmt: skip
-    train("jobs/tiny-llava.yaml", 1, overrides)
+    config = ROOT / "jobs" / FAMILY_CONFIGS.get(name, "tiny-llava.yaml")
+    overrides = twin(config, demo_inputs, out, steps=3, model=tiny(name))
+    overrides += ["--report_to", "none", "--eval_dataset", str(held_out), "--generate_eval", "true"]
+    if name not in FAMILY_CONFIGS:
+        overrides += ["--fps", "2", "--max_frames", "6"]
+    train(str(config.relative_to(ROOT)), 1, overrides)
+    assert (out / f"checkpoint-{SAVE_STEPS}" / "vtt-checkpoint.json").is_file()
     record = json.loads((out / "vtt-run.json").read_text())
     assert (record["family"], record["visual_input"]) == (name, "video")
-    trained = AutoModelForImageTextToText.from_pretrained(out)
-    assert trained.config.model_type == name
-    assert type(AutoProcessor.from_pretrained(out)).__name__ == type(AutoProcessor.from_pretrained(tiny(name))).__name__
+    counted = record["visual_tokens_per_sample"]
+    clips = len(demo_inputs["manifest"].read_text().splitlines())
+    assert counted["n"] == clips and 0 < counted["mean"] <= counted["max"]
+    assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == name
+    assert type(AutoProcessor.from_pretrained(out)) is type(AutoProcessor.from_pretrained(tiny(name)))
     predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 3 and all(isinstance(row["prediction"], str) for row in predictions)
     metrics = json.loads((out / "eval_generation.json").read_text())["metrics"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from videos import ffmpeg, pattern_clip, rotated
 
-from vtt.data.budget import decoded_size, distribution, frames_that_fit, predicted_tokens, probe, run_sampling
-from vtt.data.collate import VisionCollator
+from vtt.data.budget import distribution, frames_that_fit, predicted_tokens, probe
+from vtt.data.collate import VisionCollator, sampling_for
 from vtt.data.datasets import repeated_to
-from vtt.data.readers import resize
+from vtt.data.readers import resize, resized
 from vtt.data.video import read_clip
 from vtt.models.families import FAMILIES, set_pixel_budget
 from vtt.models.tiny_video import FAMILIES as TINY
@@ -81,7 +81,7 @@ def test_visual_tokens_predicted_from_the_container_equal_the_processors_count(n
     family = FAMILIES[name]
     started, checked = time.monotonic(), []
     for settings in SETTINGS:
-        sampling = run_sampling(processor, family, settings)
+        sampling = sampling_for(processor, family, settings)
         for clip, path in clips.items():
             predicted = predicted_tokens(path, sampling, processor, family)
             real = real_tokens(processor, family, path, sampling)
@@ -108,7 +108,7 @@ def test_visual_tokens_follow_the_run_pixel_budget_and_the_per_frame_cap(name, m
         processor.video_processor.cap_pixels_per_frame = True
         processor.video_processor.max_video_tokens = 2
     for settings in SETTINGS:
-        sampling = run_sampling(processor, family, settings)
+        sampling = sampling_for(processor, family, settings)
         for path in clips.values():
             assert predicted_tokens(path, sampling, processor, family) == real_tokens(
                 processor, family, path, sampling
@@ -122,17 +122,17 @@ def test_visual_tokens_probe_reads_the_container_and_turns_a_rotated_clip(clips)
 
 
 @pytest.mark.parametrize("size", [None, 32, 128, 384, (32, 32), (48, 20)])
-def test_visual_tokens_decoded_size_is_the_readers_resize(size):
+def test_visual_tokens_resized_is_the_readers_resize(size):
     for width, height in [(64, 48), (33, 17), (200, 30), (17, 33), (1920, 1080), (1, 640), (640, 1)]:
         frame = np.zeros((height, width, 3), dtype=np.uint8)
         out = resize(frame, size)
-        assert decoded_size(width, height, size) == (out.shape[1], out.shape[0]), (width, height, size)
+        assert resized(width, height, size) == (out.shape[1], out.shape[0]), (width, height, size)
 
 
 def test_visual_tokens_fit_and_distribution(models, clips):
     processor, _ = models["qwen2_5_vl"]
     family = FAMILIES["qwen2_5_vl"]
-    sampling = run_sampling(processor, family, {"fps": 10, "max_frames": 60})
+    sampling = sampling_for(processor, family, {"fps": 10, "max_frames": 60})
     info = probe(clips["strip"])
     tokens = predicted_tokens(clips["strip"], sampling, processor, family)
     fit = frames_that_fit(info, sampling, processor, family, tokens // 3)
@@ -189,7 +189,7 @@ def test_visual_tokens_vtt_check_data_prints_the_distribution_and_names_samples_
 
     processor = copy.deepcopy(processor)
     set_pixel_budget(processor, None, 1024)
-    sampling = run_sampling(processor, FAMILIES["qwen2_5_vl"], {"fps": 2, "num_frames": 4})
+    sampling = sampling_for(processor, FAMILIES["qwen2_5_vl"], {"fps": 2, "num_frames": 4})
     counts = [predicted_tokens(clips[n], sampling, processor, FAMILIES["qwen2_5_vl"]) for n in names]
     assert main([*common, "--max_visual_tokens", str(max(counts))]) == 0
     out = capsys.readouterr().out

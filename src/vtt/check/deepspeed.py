@@ -194,9 +194,9 @@ def check_data(config: str | Path | None, manifest: str | Path, overrides: Seque
         has_pixel_budget,
         over_budget_reason,
         probe,
-        run_sampling,
         tokens_of,
     )
+    from vtt.data.collate import sampling_for
     from vtt.data.datasets import manifest_entries
     from vtt.data.download import is_url
     from vtt.data.prepare import load_processor, model_config
@@ -210,7 +210,7 @@ def check_data(config: str | Path | None, manifest: str | Path, overrides: Seque
     processor = load_processor(run.model_name_or_path)
     family = family_of(model_config(run.model_name_or_path), processor)
     set_pixel_budget(processor, task.min_pixels, task.max_pixels)
-    sampling = run_sampling(processor, family, vars(task))
+    sampling = sampling_for(processor, family, vars(task))
     samples, rejects = manifest_entries(manifest)
     budget, max_length = task.max_visual_tokens, args.max_length
     counts, over, unknown, urls = [], [], [], 0

@@ -1,20 +1,21 @@
 """Each sample's visual tokens, from its container's metadata: known before a frame is decoded.
 
     info = probe("clip.mp4")                                      # Probe(width, height, fps, duration)
-    sampling = run_sampling(processor, family, {"fps": 2, "max_frames": 32})   # as the trainer samples
+    sampling = sampling_for(processor, family, {"fps": 2, "max_frames": 32})   # as the trainer samples
     predicted_tokens("clip.mp4", sampling, processor, family)     # == the processor's count for that clip
     distribution([...counts...])                                  # n, min, p50, p90, p99, mean, max
 
 The count follows the clip through vtt's pipeline: the frames Sampling takes from the clip's duration
 (never more than the clip has; a family that stacks clips repeats them up to num_frames; Qwen-VL in whole
 temporal patches), decoded at the processor's size exactly as vtt.data.readers.resize resizes them
-(`decoded_size`), then the family's processor count (vtt.models.visual_tokens). `vtt check --data` and
+(`vtt.data.readers.resized`), then the family's processor count (vtt.models.visual_tokens). `vtt check --data` and
 `vtt prepare --model --max-visual-tokens` report it; a sample over budget is rejected, never truncated.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,9 +23,9 @@ import numpy as np
 
 from vtt.data.download import is_url
 from vtt.data.manifest import Sample
-from vtt.data.readers import Size, VideoError
+from vtt.data.readers import VideoError, resized
 from vtt.data.video import Sampling
-from vtt.models.families import Family, decode_size, frame_multiple
+from vtt.models.families import Family
 from vtt.models.visual_tokens import visual_tokens
 
 
@@ -92,28 +93,6 @@ def _quarter_turned(video, container, stream) -> bool:
     return False
 
 
-def decoded_size(width: int, height: int, size: Size) -> tuple[int, int]:
-    """(width, height) of a width x height frame after vtt.data.readers.resize(frame, size)."""
-    if size is None:
-        return width, height
-    if isinstance(size, int):
-        scale = size / max(height, width)
-        return max(1, round(width * scale)), max(1, round(height * scale))
-    return int(size[0]), int(size[1])
-
-
-def run_sampling(processor: Any, family: Family, settings: dict[str, Any]) -> Sampling:
-    """The Sampling the trainer builds from a run's video settings (num_frames, fps, max_frames, video_backend)."""
-    return Sampling(
-        num_frames=settings.get("num_frames") or 5,
-        fps=None if family.fixed_frames else settings.get("fps"),
-        max_frames=settings.get("max_frames"),
-        size=decode_size(processor, family),
-        backend=settings.get("video_backend") or "opencv",
-        multiple=frame_multiple(processor) if family.visual_input == "video" else 1,
-    )
-
-
 def clip_frames(info: Probe, sampling: Sampling, family: Family) -> int:
     """The frames the trainer hands the processor for this clip: Sampling's count over the segment, at
     most the frames the segment has; a family that stacks clips gets num_frames (short clips repeat)."""
@@ -140,7 +119,7 @@ def tokens_of(info: Probe, sampling: Sampling, processor: Any, family: Family, f
     frames = clip_frames(info, sampling, family) if frames is None else frames
     if frames < 1:
         raise VideoError("", f"the segment [{sampling.start}, {sampling.end}] s is outside the clip")
-    width, height = decoded_size(info.width, info.height, sampling.size)
+    width, height = resized(info.width, info.height, sampling.size)
     return visual_tokens(processor, family, frames, height, width)
 
 
@@ -164,6 +143,41 @@ def over_budget_reason(
         f"{tokens} visual tokens ({frames} frames) is over max_visual_tokens={max_visual_tokens}; {fix}: "
         f"sample fewer frames ({knob}){smaller}; truncating would cut through its vision tokens"
     )
+
+
+COUNTED_WITHOUT_CAP = 256
+
+
+@dataclass
+class VisualBudget:
+    """The trainer's visual-token budget at dataset load: `check` counts each local clip from its container,
+    and says why one over `max_visual_tokens` (None: no cap) is left out; `counts` keeps what it counted
+    (vtt-run.json reports their mean and max)."""
+
+    processor: Any
+    family: Family
+    sampling: Sampling
+    max_visual_tokens: int | None = None
+    counts: list[int] = field(default_factory=list)
+
+    def check(self, sample: Sample) -> str | None:
+        """Why `sample` is over budget, or None (a URL or an unreadable container is left to the decoder).
+        Without a cap only the first COUNTED_WITHOUT_CAP clips are probed: enough for the record, and a large
+        manifest does not wait for every container to open."""
+        if is_url(sample.video) or (self.max_visual_tokens is None and len(self.counts) >= COUNTED_WITHOUT_CAP):
+            return None
+        try:
+            info = probe(sample.video)
+            tokens = tokens_of(info, self.sampling, self.processor, self.family)
+        except VideoError:
+            return None  # the decoder reports it, with its cause, when the row is read
+        self.counts.append(tokens)
+        if self.max_visual_tokens is None or tokens <= self.max_visual_tokens:
+            return None
+        fit = frames_that_fit(info, self.sampling, self.processor, self.family, self.max_visual_tokens)
+        knob = "num_frames" if self.sampling.fps is None else "max_frames or fps"
+        frames = clip_frames(info, self.sampling, self.family)
+        return over_budget_reason(tokens, frames, fit, self.max_visual_tokens, knob, has_pixel_budget(self.processor))
 
 
 def has_pixel_budget(processor: Any) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, load_from_disk
 
+from vtt.data.budget import VisualBudget
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url
 from vtt.data.manifest import REQUIRED, Reject, Sample, manifest_entries, read_manifest  # noqa: F401 (re-exported)
 from vtt.data.video import Clip, Sampling, VideoError, read_clip
@@ -153,11 +154,13 @@ def llava_dataset(
     rejects: Path | None = None,
     max_reject_ratio: float = 1.0,
     fixed_frames: bool = False,
+    budget: VisualBudget | None = None,
 ) -> Dataset:
     """prompt / completion / images rows from a prepared folder, or from a manifest decoding on the fly.
 
-    Manifest lines without question/answer, and local videos that do not exist, are reported now;
-    more than `max_reject_ratio` of them is a ValueError.
+    Manifest lines without question/answer, local videos that do not exist and (with a `budget`) clips
+    whose container says they give more visual tokens than its cap are reported now; more than
+    `max_reject_ratio` of them is a ValueError.
     """
     if is_prepared(path):
         return load_from_disk(str(path))
@@ -168,6 +171,8 @@ def llava_dataset(
         if not is_url(sample.video) and not Path(sample.video).is_file():
             reason = f"{sample.video}: no such file"
             rejected.append(Reject(sample.line, sample.video, reason, "no such file", own_id(sample)))
+        elif budget is not None and (over := budget.check(sample)):
+            rejected.append(Reject(sample.line, sample.video, over, "over max_visual_tokens", own_id(sample)))
         else:
             kept.append(sample)
     if os.environ.get("RANK", "0") == "0":  # every process reads the manifest; one reports it

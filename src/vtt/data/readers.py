@@ -32,16 +32,22 @@ class Untrusted(Exception):
     """The container's frame count or rate did not match what decoded: read the clip in full instead."""
 
 
+def resized(width: int, height: int, size: Size) -> tuple[int, int]:
+    """(width, height) of a width x height frame after `resize(frame, size)`."""
+    if size is None:
+        return width, height
+    if isinstance(size, int):  # a cap: a frame smaller than the processor's size is left to the processor
+        scale = min(1.0, size / max(height, width))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return int(size[0]), int(size[1])
+
+
 def resize(rgb: np.ndarray, size: Size) -> np.ndarray:
-    """`size` an int: the longest side becomes `size`, aspect kept; a (width, height) pair: exactly that."""
+    """`size` an int: the longest side at most `size`, aspect kept; a (width, height) pair: exactly that."""
     if size is None:
         return rgb
     height, width = rgb.shape[:2]
-    if isinstance(size, int):
-        scale = size / max(height, width)
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    else:
-        target = (int(size[0]), int(size[1]))
+    target = resized(width, height, size)
     if target == (width, height):
         return rgb
     shrinking = target[0] * target[1] < width * height

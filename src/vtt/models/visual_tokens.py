@@ -4,7 +4,7 @@
     visual_tokens(processor, family, frames=8, height=96, width=128)   # the `<|video_pad|>`s of 8 frames
 
 `height` x `width` is the size the frames reach the processor at, i.e. after vtt's decode resize
-(vtt.data.budget.decoded_size maps a video's own size to it; vtt.data.budget.predicted_tokens does all of
+(vtt.data.readers.resized maps a video's own size to it; vtt.data.budget.predicted_tokens does all of
 it from the container's metadata). The count is the one the processor writes into input_ids: the
 family's placeholder token (`placeholder_id`), so a sample over `max_visual_tokens` is known before a
 frame is decoded. Per family (formulas in vtt.models.tiny_video's docstring; tests/test_visual_tokens.py

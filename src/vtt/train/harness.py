@@ -159,14 +159,17 @@ def fit(
     if run.eval_dataset and run.generate_eval and collective.is_rank0():
         # Imported here: vtt.after.evaluate comes after the trainers (it loads back the model they saved).
         from vtt.after.evaluate import evaluate_model
+        from vtt.models._compat import hf_deepspeed_config_set_aside
 
-        evaluate_model(
-            training.output_dir,
-            run.eval_dataset,
-            batch_size=training.per_device_eval_batch_size,
-            device="cpu" if training.use_cpu else None,
-            **eval_options,
-        )
+        # Rank 0 loads the saved model whole: under a live ZeRO-3 config from_pretrained would partition it.
+        with hf_deepspeed_config_set_aside():
+            evaluate_model(
+                training.output_dir,
+                run.eval_dataset,
+                batch_size=training.per_device_eval_batch_size,
+                device="cpu" if training.use_cpu else None,
+                **eval_options,
+            )
     hub.push_model(
         started.push, training.output_dir, data, hub.final_metrics(trainer.state.log_history, result.metrics)
     )

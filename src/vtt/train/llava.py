@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import collective
+from vtt.data.budget import VisualBudget, distribution
 from vtt.data.collate import VisionCollator, sampling_for
 from vtt.data.datasets import llava_dataset
 from vtt.models.attention import enable_right_padded_sdpa
@@ -44,10 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     if collective.is_rank0():
         rejects.unlink(missing_ok=True)  # this run's rejects only
     fixed = family.fixed_frames
-    train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio, fixed)
+    budget = VisualBudget(processor, family, sampling, video.max_visual_tokens)
+    train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio, fixed, budget)
     evaluation = None
     if run.eval_dataset:
         evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio, fixed)
+    visual_tokens = distribution(budget.counts)  # of the training clips, from their containers
     trainer = SFTTrainer(
         model=model,
         args=training,
@@ -55,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=evaluation,
         processing_class=processor,
         data_collator=VisionCollator(processor, family, training.pad_to_multiple_of, training.max_length),
-        callbacks=started.callbacks(family=family.name, visual_input=family.visual_input),
+        callbacks=started.callbacks(
+            family=family.name,
+            visual_input=family.visual_input,
+            visual_tokens_per_sample={key: visual_tokens[key] for key in ("n", "mean", "max")},
+        ),
     )
     data = {
         "dataset": run.dataset,
