@@ -67,16 +67,17 @@ elif [[ $step == deps ]]; then
     build_tools=$(sed -n 's/==.*//p' "$constraints" | grep -x -E 'setuptools|wheel' | tr '\n' ' ')
     # shellcheck disable=SC2086  # one word per package
     python -m pip install --no-cache-dir "${source[@]}" -c "$constraints" "${torch[@]}" $build_tools
-    python - "$torch_build" <<'PY'
+    # A CPU image with PyPI's CUDA torch (4 GB of CUDA libraries) would only show in its size.
+    if [[ $torch_build == cpu ]]; then
+        python - <<'PY'
 import sys
+from importlib.metadata import version
 
-import torch
-
-# A CUDA image with a CPU torch (or the reverse) would only show at the first job.
-if (torch.version.cuda is None) != (sys.argv[1] == "cpu"):
-    sys.exit(f"TORCH={sys.argv[1]} but torch {torch.__version__} is built for CUDA {torch.version.cuda}")
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda})")
+if not version("torch").endswith("+cpu"):
+    sys.exit(f"TORCH=cpu but torch {version('torch')} is not the CPU build")
+print(f"torch {version('torch')}")
 PY
+    fi
     # DeepSpeed 0.19.8 cannot parse arch suffixes ("9.0a": invalid literal for int()); sm_90 code runs on sm_90a.
     if [[ -n ${TORCH_CUDA_ARCH_LIST:-} ]]; then
         TORCH_CUDA_ARCH_LIST=$(sed -E 's/([0-9]+\.[0-9]+)[a-z]+/\1/g' <<<"$TORCH_CUDA_ARCH_LIST")
