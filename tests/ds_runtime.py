@@ -25,6 +25,8 @@ import sys
 import tempfile
 from types import SimpleNamespace
 
+import vtt  # noqa: F401  first: its torchvision guard must be in place before transformers imports (vtt._compat)
+
 
 def start_world(world: int) -> None:
     import torch.distributed as dist
