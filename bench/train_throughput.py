@@ -28,6 +28,19 @@ DeepSpeed launcher starts (LOCAL_RANK set), and runs any other sitecustomize aft
 `--patch-qlora-load` (a stand-in for a fix in vtt, off by default) gives those processes what
 vtt.models.adapters' QLoRA load needs from TRL 1.16 and does not find, `trl.get_kbit_device_map`
 (see bench/RESULTS.md, 2026-12-02).
+
+Qwen2.5-VL-7B on clips of varied length, the peer's work (../shared/bench/peer-llamafactory/qwen25vl-video/):
+
+    python bench/train_throughput.py --arch qwen2_5_vl-7b --steps 20 --config jobs/qwen2_5_vl-7b.yaml \
+        --seed-script bench/seed_baseline.py --variant "bf16=--deepspeed '' --per_device_train_batch_size 4"
+
+builds, with bench/qwen25vl_video_prep.py (the peer's prep.py), the random-weight Qwen2.5-VL-7B folder (the real
+Qwen2_5_VLProcessor) and its 24 clips of 2-60 s (640x360, 24/30 fps) with its 144 rows, as a vtt manifest.
+For these archs the trainer processes count, from each batch as it reaches `Trainer.training_step`, the
+padded positions, the real (attended) tokens, visual tokens, causal attention pairs and vision patches
+(the bench's sitecustomize), and throughput.json gains a `bench` block over the same steady-state steps:
+real and padded tokens/s, samples/s, and MFU as the peer's README defines it
+(6·N_LM·T + attention + 6·N_merger·V + 2·N_vision·patches + vision attention, over 989 TFLOP/s).
 """
 
 from __future__ import annotations
@@ -73,6 +86,29 @@ def seq2seq_flops_per_token(c) -> float:
     d, f = c.d_model, c.encoder_ffn_dim
     n = c.encoder_layers * (4 * d * d + 2 * d * f) + c.decoder_layers * (8 * d * d + 2 * d * f) + c.vocab_size * d
     return 6 * n
+
+
+def write_varied_data(out: Path) -> Path:
+    """The peer's 24 clips (2-60 s, 640x360, 24/30 fps) and 144 rows (bench/qwen25vl_video_prep.py), as a vtt
+    manifest: the same videos, questions and answers in the same order."""
+    manifest = out / "manifest.jsonl"
+    if manifest.exists():
+        return manifest
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import qwen25vl_video_prep as prep
+
+    prep.clips(argparse.Namespace(out=out, clips=24, samples=144, min_s=2.0, max_s=60.0, size="640x360"))
+    lines = []
+    for i, row in enumerate(json.loads((out / "train.json").read_text())):
+        user, assistant = row["messages"]
+        question = user["content"].removeprefix("<video>")
+        lines.append(
+            json.dumps({"id": str(i), "video": row["videos"][0], "question": question, "answer": assistant["content"]})
+        )
+    partial = out / f".manifest.{os.getpid()}"
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(manifest)
+    return manifest
 
 
 def write_data(work: Path, samples: int, clips: int, size: int, trainer: str) -> Path:
@@ -150,7 +186,89 @@ def _bench_hooks():
         print(f"vtt bench: QLoRA load patched (compute dtype {dtype}, device map {{'': {device}}})", file=sys.stderr)
 
 
+def _bench_stats():
+    """Per-batch counts for the Qwen2.5-VL bench (VTT_BENCH_STATS=1): patched in after transformers.trainer and
+    vtt.train.throughput are imported, so nothing is imported here before vtt's own start-up runs."""
+    if "LOCAL_RANK" not in os.environ or not os.environ.get("VTT_BENCH_STATS"):
+        return
+    import importlib.abc
+    import importlib.machinery
+
+    stats = []  # per micro batch (one optimizer step each): the fields below
+    visual = []  # visual tokens of each video
+    fields = ["padded", "real", "visual", "videos", "rows", "lm_pairs", "patches", "vis_full_pairs", "vis_win_pairs"]
+
+    def window_pairs(h, w, win=4):  # Qwen2.5-VL windowed attention: merged grid cut into win x win windows
+        mh, mw = h // 2, w // 2
+        rows = [min(win, mh - i) for i in range(0, mh, win)]
+        cols = [min(win, mw - j) for j in range(0, mw, win)]
+        return sum((4 * r * c) ** 2 for r in rows for c in cols)
+
+    def count(model, inputs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        config = getattr(model, "config", None) or model.module.config
+        lengths = mask.sum(dim=1).tolist()
+        grid = inputs.get("video_grid_thw")
+        grid = grid.tolist() if grid is not None else []
+        row = [ids.numel(), int(sum(lengths)), int((ids == config.video_token_id).sum()), len(grid), ids.shape[0],
+               int(sum(n * (n + 1) // 2 for n in lengths)), sum(t * h * w for t, h, w in grid),
+               sum(t * (h * w) ** 2 for t, h, w in grid), sum(t * window_pairs(h, w) for t, h, w in grid)]
+        stats.append(row)
+        visual.extend(t * h * w // 4 for t, h, w in grid)
+
+    def patch_trainer(module):
+        original = module.Trainer.training_step
+
+        def training_step(self, model, inputs, *a, **kw):
+            count(model, inputs)
+            return original(self, model, inputs, *a, **kw)
+
+        module.Trainer.training_step = training_step
+
+    def patch_throughput(module):
+        original = module.ThroughputCallback.summary
+
+        def summary(self, world_size):
+            out = original(self, world_size)
+            k = min(self.skip_steps, max(len(self.ends) - 2, 0))
+            n = min(len(self.ends), len(stats))
+            if n - k >= 2:
+                window = stats[k + 1 : n]  # the steps whose times the steady state sums
+                out["bench"] = {
+                    "window_steps": len(window),
+                    "window_s": round(self.ends[n - 1] - self.ends[k], 3),
+                    **{f: sum(r[i] for r in window) for i, f in enumerate(fields)},
+                    "all_steps": {f: sum(r[i] for r in stats) for i, f in enumerate(fields)},
+                    "visual_tokens_per_video": {"mean": round(sum(visual) / max(len(visual), 1), 1),
+                                                "min": min(visual or [0]), "max": max(visual or [0]), "n": len(visual)},
+                }
+            return out
+
+        module.ThroughputCallback.summary = summary
+
+    patches = {"transformers.trainer": patch_trainer, "vtt.train.throughput": patch_throughput}
+
+    class After(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name not in patches:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return None
+            execute, patch = spec.loader.exec_module, patches.pop(name)
+
+            def exec_module(module):
+                execute(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, After())
+
+
 _bench_hooks()
+_bench_stats()
 _here = os.path.dirname(os.path.abspath(__file__))
 _spec = __import__("importlib.machinery").machinery.PathFinder.find_spec(
     "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
@@ -163,7 +281,7 @@ if _spec is not None and _spec.loader is not None:
 
 def trainer_env(args, work: Path) -> dict | None:
     """The environment of `vtt run` for --memory-cap-gb / --patch-qlora-load (None: this process's as it is)."""
-    if not (args.memory_cap_gb or args.patch_qlora_load):
+    if not (args.memory_cap_gb or args.patch_qlora_load or args.stats):
         return None
     hooks = work / "hooks"
     hooks.mkdir(exist_ok=True)
@@ -174,6 +292,8 @@ def trainer_env(args, work: Path) -> dict | None:
         env["VTT_BENCH_MEMORY_CAP_GB"] = str(args.memory_cap_gb)
     if args.patch_qlora_load:
         env["VTT_BENCH_QLORA_PATCH"] = "bfloat16"
+    if args.stats:
+        env["VTT_BENCH_STATS"] = "1"
     return env
 
 
@@ -229,7 +349,11 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
     tokens = result.get("tokens_per_second_per_gpu", 0.0)
     task = json.loads((out / "vtt-run.json").read_text())["task"]
     result["freeze_vision_tower"] = task.get("freeze_vision_tower", False)
-    flops_per_token = per_sample(result)
+    if args.stats:  # Qwen2.5-VL on varied clips: real and padded tokens, MFU as the peer counts it
+        result.update(qwen_figures(result.get("bench"), args.sizes, args.gpus))
+        flops_per_token = 0.0
+    else:
+        flops_per_token = per_sample(result)
     result.update(name=name, args=overrides, wall_s=round(wall, 1), mfu=round(tokens * flops_per_token / PEAK_FLOPS, 4))
     result.update(settings, mfu_6n=round(tokens * 6 * args.params / PEAK_FLOPS, 4), params=args.params)
     trained = re.findall(r"vtt adapters: trainable ([\d,]+) of ([\d,]+) parameters", text)
@@ -237,6 +361,62 @@ def run_vtt(args, work: Path, name: str, overrides: str, model: Path, manifest: 
         result["adapter_trainable"], result["adapter_total"] = (int(n.replace(",", "")) for n in trained[-1])
     result["check_model_states_gb"] = check_estimate([*command, *overrides_list])
     return result
+
+
+def qwen_sizes(model: Path) -> dict:
+    """Parameter counts the peer's MFU uses, from the model folder's config (meta device: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        net = AutoModelForImageTextToText.from_config(config)
+    names = dict(net.named_parameters())
+    text, vision = config.text_config, config.vision_config
+    lm = sum(p.numel() for n, p in names.items() if "language_model" in n and "embed_tokens" not in n)
+    lm += text.hidden_size * text.vocab_size  # lm_head (the embedding, when tied)
+    merger = sum(p.numel() for n, p in names.items() if "merger" in n)
+    tower = sum(p.numel() for n, p in names.items() if "visual" in n and "merger" not in n)
+    heads = text.num_attention_heads
+    return dict(
+        params_all=sum(p.numel() for p in names.values()),
+        params_trained_tower_frozen=sum(p.numel() for p in names.values()) - tower,
+        lm_matmul=lm,
+        merger=merger,
+        vision_frozen=tower,
+        layers=text.num_hidden_layers,
+        d_attn=heads * (getattr(text, "head_dim", None) or text.hidden_size // heads),
+        vis_hidden=vision.hidden_size,
+        vis_full_layers=len(vision.fullatt_block_indexes),
+        vis_win_layers=vision.depth - len(vision.fullatt_block_indexes),
+    )
+
+
+def qwen_figures(stats: dict | None, z: dict, gpus: int) -> dict:
+    """Real / padded tokens/s, samples/s and MFU over the steady-state steps, as the peer's lf_train.py counts them
+    (the vision tower frozen: forward only; checkpointing's recompute not counted)."""
+    if not stats:
+        return {"bench_error": "no per-batch counts came back (the bench's sitecustomize did not act)"}
+    seconds = stats["window_s"]
+    vision = 2 * z["vision_frozen"] * stats["patches"] + 4 * z["vis_hidden"] * (
+        z["vis_full_layers"] * stats["vis_full_pairs"] + z["vis_win_layers"] * stats["vis_win_pairs"]
+    )
+    rest = 12 * z["layers"] * z["d_attn"] * stats["lm_pairs"] + 6 * z["merger"] * stats["patches"] / 4 + vision
+
+    def mfu(tokens: float) -> float:
+        return round((6 * z["lm_matmul"] * tokens + rest) / seconds / PEAK_FLOPS / gpus, 4)
+
+    steps = stats["window_steps"]
+    return dict(
+        real_tokens_per_s_per_gpu=round(stats["real"] / seconds / gpus, 1),
+        padded_tokens_per_s_per_gpu=round(stats["padded"] / seconds / gpus, 1),
+        samples_per_s=round(stats["videos"] / seconds, 3),
+        pad_share=round(1 - stats["real"] / stats["padded"], 4),
+        mfu_real=mfu(stats["real"]),
+        mfu_padded=mfu(stats["padded"]),
+        per_step={key: round(stats[key] / steps, 1) for key in ("padded", "real", "visual", "videos", "rows")},
+        sizes=z,
+    )
 
 
 def check_estimate(run_arguments: list[str]) -> float | None:
@@ -253,7 +433,9 @@ def check_estimate(run_arguments: list[str]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--arch", default="llava-0.5b", choices=["llava-tiny", "llava-0.5b", "llava-7b", "nllb-tiny", "nllb-600m"]
+        "--arch",
+        default="llava-0.5b",
+        choices=["llava-tiny", "llava-0.5b", "llava-7b", "nllb-tiny", "nllb-600m", "qwen2_5_vl-tiny", "qwen2_5_vl-7b"],
     )
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--gpus", type=int, default=1)
@@ -281,6 +463,7 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # the bench's own model-building process
     args = parser.parse_args()
     args.trainer = "seq2seq" if args.arch.startswith("nllb") else "llava"
+    args.stats = args.arch.startswith("qwen2_5_vl")  # the varied clips, counted per batch
     if args.build:
         return build(args.build, args.arch, args.trainer)
 
@@ -298,8 +481,12 @@ def main() -> None:
         )
     config = AutoConfig.from_pretrained(model)
     args.params = all_parameters(config, args.trainer)
-    samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
-    manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
+    if args.stats:
+        args.sizes = qwen_sizes(model)
+        manifest = write_varied_data(work / "varied")
+    else:
+        samples = args.steps * args.gpus * 16  # enough for micro batches up to 16
+        manifest = write_data(work, samples, clips=32, size=384, trainer=args.trainer)
     dataset = manifest if args.data == "videos" else prepare(work, manifest, model, args)
     print(f"model and data ready in {time.time() - t0:.0f}s: {model}, {dataset}", flush=True)
 
@@ -310,7 +497,7 @@ def main() -> None:
         seq = result.get("sequence_length") or args.seq
         return llava_flops_per_sample(config, seq, args.frames, not result["freeze_vision_tower"]) / seq
 
-    args.seq = sequence_length(model, manifest, args.frames) if args.trainer == "llava" else 0
+    args.seq = sequence_length(model, manifest, args.frames) if args.trainer == "llava" and not args.stats else 0
     results = []
 
     def record(result: dict) -> None:
@@ -334,6 +521,12 @@ def main() -> None:
     )
     for r in results:
         tokens = r.get("tokens_per_s_per_gpu", r.get("tokens_per_second_per_gpu", 0))
+        if "real_tokens_per_s_per_gpu" in r:
+            print(
+                f"{r['name']}: real {r['real_tokens_per_s_per_gpu']:,.0f} tokens/s, padded "
+                f"{r['padded_tokens_per_s_per_gpu']:,.0f}, {r['samples_per_s']} samples/s, MFU real "
+                f"{r['mfu_real']:.1%} / padded {r['mfu_padded']:.1%}"
+            )
         wait = r.get("data_wait_share")
         peak = r.get("peak_mem_gb") or r.get("peak_memory_gb") or 0
         print(
@@ -378,6 +571,11 @@ def build(model: Path, arch: str, trainer: str) -> None:
 
     from vtt.models.tiny import build_llava, build_nllb
 
+    if arch.startswith("qwen2_5_vl"):  # the peer's random-weight folder (on the GPU when there is one)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import qwen25vl_video_prep as prep
+
+        return prep.model(argparse.Namespace(size=arch.split("-")[1], out=model))
     size = arch.split("-")[1]
     # Random init on the GPU when there is one: the 7B's 8B weights take minutes on CPU cores, seconds there.
     with torch.device("cuda") if torch.cuda.is_available() else contextlib.nullcontext():
