@@ -61,7 +61,7 @@ def row_of(clip) -> dict:
         "prompt": [{"role": "user", "content": [{"type": "text", "text": "what moves?"}]}],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": "a square"}]}],
         "images": clip.frames,
-        "clip": {"times": clip.times, "rate": clip.rate, "duration": clip.duration},
+        "clip": clip.timing(),
     }
 
 

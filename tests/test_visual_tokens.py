@@ -69,7 +69,7 @@ def real_tokens(processor, family, path, sampling) -> int:
         "prompt": [{"role": "user", "content": [{"type": "text", "text": "what moves"}]}],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": "a square"}]}],
         "images": clip.frames,
-        "clip": {"times": clip.times, "rate": clip.rate, "duration": clip.duration},
+        "clip": clip.timing(),
     }
     ids = VisionCollator(processor, family).row(row)["input_ids"]
     return int((ids == placeholder_id(processor, family)).sum())

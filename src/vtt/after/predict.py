@@ -219,7 +219,7 @@ class LlavaAnswerer:
             clip = read_clip(local_video(item.video, DOWNLOAD_CACHE), self.sampling)
             if self.family.fixed_frames:
                 clip = repeated_to(clip, self.sampling.num_frames)
-            item.frames, item.clip = clip.frames, {"times": clip.times, "rate": clip.rate, "duration": clip.duration}
+            item.frames, item.clip = clip.frames, clip.timing()
 
     def answer(self, items: list[Item]) -> list[str]:
         import torch

@@ -158,6 +158,8 @@ class VisualBudget:
     family: Family
     sampling: Sampling
     max_visual_tokens: int | None = None
+    knob: str | None = None  # what the reason tells a user to lower (default: the run config's names)
+    pixels: bool | None = None  # whether it suggests a lower max_pixels (default: where the family has one)
     counts: list[int] = field(default_factory=list)
 
     def check(self, sample: Sample) -> str | None:
@@ -175,9 +177,10 @@ class VisualBudget:
         if self.max_visual_tokens is None or tokens <= self.max_visual_tokens:
             return None
         fit = frames_that_fit(info, self.sampling, self.processor, self.family, self.max_visual_tokens)
-        knob = "num_frames" if self.sampling.fps is None else "max_frames or fps"
+        knob = self.knob or ("num_frames" if self.sampling.fps is None else "max_frames or fps")
+        pixels = has_pixel_budget(self.processor) if self.pixels is None else self.pixels
         frames = clip_frames(info, self.sampling, self.family)
-        return over_budget_reason(tokens, frames, fit, self.max_visual_tokens, knob, has_pixel_budget(self.processor))
+        return over_budget_reason(tokens, frames, fit, self.max_visual_tokens, knob, pixels)
 
 
 def has_pixel_budget(processor: Any) -> bool:

@@ -93,6 +93,14 @@ def prompt_features(processor, family: Family, prompt_text: str, frames: Sequenc
     return processor(text=[prompt_text], videos=[video], return_tensors="pt", **options)
 
 
+def prompted(processor, family: Family, question: str, frames: Sequence[Any], clip: dict[str, Any] | None):
+    """(the user turn, its features): the question with its clip through the chat template's generation
+    prompt and the processor, as training and generation both start."""
+    prompt = [user_turn(question, family, len(frames))]
+    text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt, dict(prompt_features(processor, family, text, frames, clip))
+
+
 def stand_in(frames: Sequence[Any]) -> list[np.ndarray]:
     size = np.asarray(frames[0]).shape if len(frames) else (32, 32, 3)
     return [np.zeros(size, dtype=np.uint8)] * STAND_IN_FRAMES
@@ -105,17 +113,13 @@ class VisionCollator:
         self.processor, self.family = processor, family
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.multiple, self.max_length = pad_to_multiple_of or 1, max_length
-        self.stand_in_shape: tuple[int, ...] | None = None
 
     def row(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         frames, clip = row["images"], row.get("clip")
         teach = bool(frames)
         if not teach:
             frames, clip = stand_in(frames), None
-        question = question_of(row["prompt"])
-        prompt = [user_turn(question, self.family, len(frames))]
-        prompt_text = self.processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        features = dict(prompt_features(self.processor, self.family, prompt_text, frames, clip))
+        prompt, features = prompted(self.processor, self.family, question_of(row["prompt"]), frames, clip)
         answer = self.tokenizer(
             self.answer_text(prompt, row["completion"]), add_special_tokens=False, return_tensors="pt"
         )
@@ -175,11 +179,10 @@ def sequence_keys(features: dict[str, Any], length: int) -> list[str]:
 
 def generation_inputs(processor, family: Family, questions: list[str], clips: list[tuple[list, dict | None]]):
     """A batch of prompts with their clips for `generate`: padded on the left, so each answer follows its prompt."""
-    featured = []
-    for question, (frames, clip) in zip(questions, clips, strict=True):
-        prompt = [user_turn(question, family, len(frames))]
-        text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        featured.append(dict(prompt_features(processor, family, text, frames, clip)))
+    featured = [
+        prompted(processor, family, question, frames, clip)[1]
+        for question, (frames, clip) in zip(questions, clips, strict=True)
+    ]
     return merge(featured, getattr(processor, "tokenizer", processor).pad_token_id, 1, left=True)
 
 
@@ -191,10 +194,11 @@ def merge(
     lengths = [features["input_ids"].shape[1] for features in featured]
     width = max(lengths) + (-max(lengths) % multiple)
     fill = {"input_ids": pad_token_id, "labels": IGNORE}
+    along_tokens = sequence_keys(featured[0], lengths[0])
     batch = {}
     for key in featured[0]:
         values = [features[key] for features in featured]
-        if key in sequence_keys(featured[0], lengths[0]):
+        if key in along_tokens:
             values = [
                 torch.nn.functional.pad(
                     value, (width - value.shape[1], 0) if left else (0, width - value.shape[1]), value=fill.get(key, 0)

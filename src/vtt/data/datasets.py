@@ -101,7 +101,7 @@ class DecodeFrames:
                     batch["prompt"][i], batch["completion"][i] = example["prompt"], example["completion"]
             # No frames (the clip and its refills failed): the collator gives the row a stand-in, without labels.
             batch["images"][i] = clip.frames if clip else []
-            batch["clip"][i] = {"times": clip.times, "rate": clip.rate, "duration": clip.duration} if clip else None
+            batch["clip"][i] = clip.timing() if clip else None
         return batch
 
     def substitute(self, ref: dict[str, Any]) -> tuple[Sample | None, Clip | None]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vtt.data.budget import clip_frames, distribution_line, frames_that_fit, over_budget_reason, probe, tokens_of
+from vtt.data.budget import VisualBudget, distribution_line, over_budget_reason
 from vtt.data.collate import VisionCollator
 from vtt.data.datasets import Reject, Sample, llava_example, manifest_entries, own_id, seq2seq_source
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
@@ -202,20 +202,13 @@ def within_budget(
     each other one: predicted from its container, so it is never decoded. A clip its container cannot
     tell about (a URL, a broken header) is kept: its decode says, and its real count is checked then."""
     family = dataclasses.replace(family, fixed_frames=False)  # prepare writes the frames a clip has
+    judge = VisualBudget(processor, family, sampling, budget, knob="--frames/--max-frames", pixels=False)
     kept, over = [], []
     for sample in samples:
-        try:
-            info = probe(sample.video) if not is_url(sample.video) else None
-        except VideoError:
-            info = None
-        tokens = tokens_of(info, sampling, processor, family) if info else 0
-        if tokens <= budget:
+        if reason := judge.check(sample):
+            over.append(Reject(sample.line, sample.video, reason, "over max_visual_tokens", own_id(sample)))
+        else:
             kept.append(sample)
-            continue
-        frames = clip_frames(info, sampling, family)
-        fit = frames_that_fit(info, sampling, processor, family, budget)
-        reason = over_budget_reason(tokens, frames, fit, budget, "--frames/--max-frames")
-        over.append(Reject(sample.line, sample.video, reason, "over max_visual_tokens", own_id(sample)))
     return kept, over
 
 
@@ -255,8 +248,7 @@ def decode_to_cache(
                 ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
                 assert ok, "OpenCV failed to encode a decoded frame as PNG"
                 archive.writestr(f"{i:05d}.png", png.tobytes())
-            timing = {"times": clip.times, "rate": clip.rate, "duration": clip.duration}
-            archive.writestr(CLIP_INFO, json.dumps(timing))  # what a video processor's metadata needs
+            archive.writestr(CLIP_INFO, json.dumps(clip.timing()))  # what a video processor's metadata needs
         partial.rename(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -67,6 +67,10 @@ class Clip:
     times: list[float]
     rate: float
     duration: float
+
+    def timing(self) -> dict[str, Any]:
+        """Everything but the frames: the `clip` column of a dataset row, the video processor's metadata."""
+        return {"times": self.times, "rate": self.rate, "duration": self.duration}
 
 
 @dataclass(frozen=True)
