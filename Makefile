@@ -37,6 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/python -c 'import vtt._compat as c; print(c.install_startup_guard())'
 	@touch $@
 
 setup: $(VENV)/.installed ## create .venv and install vtt with its test extras (quick when nothing changed)

@@ -102,6 +102,7 @@ elif [[ $step == vtt ]]; then
     # Dependencies are in place; --no-deps keeps pip from resolving (and upgrading) anything.
     python -m pip install --no-cache-dir --no-index --no-deps --no-build-isolation "$target"
     python -m pip check
+    python -c 'import vtt._compat as c; print(c.install_startup_guard())'  # a CPU torch beside PyPI's CUDA torchvision: vtt/_compat.py says why
 else
     echo "install.sh: unknown step '$step': use deps, vtt or constraints" >&2
     exit 2

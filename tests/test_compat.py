@@ -113,10 +113,13 @@ def test_torchvision_imports_after_vtt_and_its_transforms_run_on_this_torch():
     (a CPU build of torchvision, or one that defines its ops itself), the guard must do nothing."""
     import subprocess
     import sys
+    import sysconfig
 
     import torch
 
-    bare = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
+    # -S: site-packages without its .pth files, so without the start-up guard make setup wrote
+    unguarded = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r}); import torchvision"
+    bare = subprocess.run([sys.executable, "-S", "-c", unguarded], capture_output=True, text=True)
     guarded = subprocess.run(
         [sys.executable, "-c", "import vtt, torch, torchvision.transforms.v2.functional as F; "
          "print(F.resize(torch.zeros(3, 8, 8), [4, 4]).shape, len(vtt._compat._defined))"],
@@ -128,3 +131,66 @@ def test_torchvision_imports_after_vtt_and_its_transforms_run_on_this_torch():
         assert guarded.stdout.split()[-1] == "1"
     else:
         assert guarded.stdout.split()[-1] == "0", "torchvision loads unguarded: the guard must not define its ops"
+
+
+def test_a_python_that_never_imports_vtt_still_imports_the_video_processors():
+    """A user's script, or a subprocess, importing transformers' video processors first: the start-up
+    guard make setup wrote (vtt._compat.install_startup_guard) is what lets torchvision import beside a CPU torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from transformers import Qwen2VLVideoProcessor\n"
+        "import torchvision.transforms.v2.functional\n"
+        "print('vtt' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    from vtt.models.tiny_video import build_tiny_vlm
+
+    return build_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("qwen") / "tiny")
+
+
+def _tower_backward(folder, freeze: bool) -> dict:
+    """Gradient checkpointing enabled the way the Trainer does; one backward through the tower's output."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vtt.models.families import family_of, freeze_vision_tower
+
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    tower = model.model.visual
+    if freeze:
+        freeze_vision_tower(model, family_of(model.config))
+    else:
+        tower.requires_grad_(False)
+        tower.merger.requires_grad_(True)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    reached = []
+    tower.blocks[0].register_full_backward_hook(lambda *_: reached.append("block 0"))
+    grid = torch.tensor([[2, 4, 4]])  # 2 temporal x 4 x 4 patches
+    patch = tower.patch_embed
+    pixels = torch.randn(int(grid.prod()), 3 * patch.temporal_patch_size * patch.patch_size**2)
+    model.train()
+    out = tower(pixels, grid_thw=grid)
+    features = out.pooler_output if hasattr(out, "pooler_output") else out
+    features.float().pow(2).sum().backward()
+    return {"reached": reached, "merger_grad": tower.merger.mlp[0].weight.grad is not None,
+            "hooked": bool(patch._forward_hooks)}  # fmt: skip
+
+
+def test_a_frozen_tower_gets_no_backward_under_gradient_checkpointing(tiny_qwen):
+    frozen = _tower_backward(tiny_qwen, freeze=True)
+    assert frozen == {"reached": [], "merger_grad": True, "hooked": False}
+
+
+def test_transformers_still_hooks_a_vision_towers_patch_embedding_for_input_grads(tiny_qwen):
+    """What models/_compat.no_input_grads_into undoes: when this fails, transformers stopped hooking the
+    tower (the patch may go) or hooks it another way (the patch must follow)."""
+    plain = _tower_backward(tiny_qwen, freeze=False)
+    assert plain["hooked"] and plain["reached"] == ["block 0"] and plain["merger_grad"]

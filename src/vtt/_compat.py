@@ -10,6 +10,8 @@ its Python transforms load, and `torchvision.ops.nms` raises if ever called. A C
 node, the CUDA image) or a matching CPU torchvision is left alone.
 
     vtt/__init__.py installs the guard; it imports nothing until torchvision itself is imported.
+    `install_startup_guard()` (make setup, docker/install.sh) also has every Python of the environment
+    install it at start, for scripts that import transformers before (or without) vtt.
 """
 
 from __future__ import annotations
@@ -71,3 +73,26 @@ class _BeforeTorchvision(importlib.abc.MetaPathFinder):
 def guard_torchvision_import() -> None:
     if "torchvision" not in sys.modules and not any(isinstance(f, _BeforeTorchvision) for f in sys.meta_path):
         sys.meta_path.insert(0, _BeforeTorchvision())
+
+
+STARTUP_FILE = "vtt-torchvision-guard.pth"
+
+
+def install_startup_guard() -> str:
+    """Make every Python of this environment install the guard at start, not only those that import vtt.
+
+    A user's own script (or a test's subprocess) that imports transformers before vtt would otherwise
+    fail as above. site.py runs `import` lines of a .pth file in site-packages at start; the guard itself
+    stays lazy (vtt/__init__ imports nothing heavy). Written only where the mismatch is; returns what it did.
+    """
+    import sysconfig
+    from pathlib import Path
+
+    startup = Path(sysconfig.get_paths()["purelib"]) / STARTUP_FILE
+    import torch
+
+    if torch.version.cuda is not None or extension_loads():
+        startup.unlink(missing_ok=True)
+        return f"torchvision loads beside torch {torch.__version__}: no start-up guard"
+    startup.write_text("import vtt\n")
+    return f"torchvision's extension cannot load beside torch {torch.__version__}: wrote {startup}"

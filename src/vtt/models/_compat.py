@@ -41,3 +41,26 @@ def llava_onevision_video_tokens(processor, frames: int, height: int, width: int
     """
     counts = processor._get_num_multimodal_tokens(video_sizes=[(frames, height, width)])
     return int(counts["num_video_tokens"][0])
+
+
+def no_input_grads_into(tower, trained_parts: tuple[str, ...] = ()) -> None:
+    """Keep gradient checkpointing from back-propagating through a frozen vision tower.
+
+    With activation checkpointing on, `PreTrainedModel._activation_checkpointing_enable` calls
+    `enable_input_require_grads()`, which hooks the input embedding of *every* PreTrainedModel submodule
+    so its output requires grad (for adapters on a frozen LM). A vision tower is one: its patch embedding
+    (Qwen2.5-VL's `_input_embed_layer = "patch_embed"`, SigLIP's `patch_embedding`) then makes every frozen,
+    checkpointed block build a graph, recompute and back-propagate input gradients that nothing uses —
+    the tower's whole backward on each step. `enable_input_require_grads` skips a module whose
+    `get_input_embeddings()` is None, so the frozen tower answers None — decided when asked (the Trainer
+    enables checkpointing at train(), after adapters are added): an adapter inside the tower, or any
+    trained parameter outside `trained_parts` (the projector the tower holds), keeps the hook.
+    """
+    embeddings = tower.get_input_embeddings
+
+    def frozen() -> bool:
+        return not any(
+            p.requires_grad for name, p in tower.named_parameters() if name.split(".")[0] not in trained_parts
+        )
+
+    tower.get_input_embeddings = lambda: None if frozen() else embeddings()

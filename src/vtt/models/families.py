@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vtt.models._compat import no_input_grads_into
+
 
 @dataclass(frozen=True)
 class Family:
@@ -99,5 +101,6 @@ def freeze_vision_tower(model: Any, family: Family) -> None:
             f"freeze_vision_tower: {type(model).__name__} has no model.{family.tower}; set freeze_vision_tower: false"
         )
     tower.requires_grad_(False)
+    no_input_grads_into(tower, family.projector_in_tower)
     for name in family.projector_in_tower:
         getattr(tower, name).requires_grad_(True)
