@@ -11,7 +11,8 @@ conversation); a video family gets its video before the question, as its model c
 
 Each row's prompt goes through the processor alone (its visual tokens expanded there) and the answer
 through the tokenizer: the labels are the answer's tokens, never a prompt or visual token. Rows are then
-padded on the right, their lengths rounded up to `pad_to_multiple_of`.
+padded on the right, their lengths rounded up to `pad_to_multiple_of`, or with `padding_free` laid end to
+end in one row (each sample's first token a prompt token, so no label crosses from one sample to the next).
 """
 
 from __future__ import annotations
@@ -109,10 +110,17 @@ def stand_in(frames: Sequence[Any]) -> list[np.ndarray]:
 class VisionCollator:
     """Rows -> a padded training batch for `family` (see the module docstring)."""
 
-    def __init__(self, processor, family: Family, pad_to_multiple_of: int | None = None, max_length: int | None = None):
+    def __init__(
+        self,
+        processor,
+        family: Family,
+        pad_to_multiple_of: int | None = None,
+        max_length: int | None = None,
+        padding_free: bool = False,
+    ):
         self.processor, self.family = processor, family
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.multiple, self.max_length = pad_to_multiple_of or 1, max_length
+        self.multiple, self.max_length, self.padding_free = pad_to_multiple_of or 1, max_length, padding_free
 
     def row(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         frames, clip = row["images"], row.get("clip")
@@ -165,6 +173,8 @@ class VisionCollator:
             featured.append(features)
         if not featured:
             raise ValueError(f"every sample of this batch is over max_length={self.max_length}")
+        if self.padding_free:
+            return merge(featured, self.tokenizer.pad_token_id, 1, packed=True)
         return merge(featured, self.tokenizer.pad_token_id, self.multiple)
 
 
@@ -187,10 +197,12 @@ def generation_inputs(processor, family: Family, questions: list[str], clips: li
 
 
 def merge(
-    featured: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int, left: bool = False
+    featured: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int, left: bool = False, packed: bool = False
 ) -> dict[str, torch.Tensor]:
-    """One batch of single-row features: token rows padded (on the right, or the left for generation), visual
-    features concatenated."""
+    """One batch of single-row features: token rows padded (on the right, or the left for generation), or
+    `packed` end to end in one row (no padding, no attention mask, `position_ids` restarting per sample:
+    transformers keeps attention within each, models/packing.py gives the Qwen-VL families their 3-D
+    positions); visual features concatenated in the rows' order, the order their tokens come in."""
     lengths = [features["input_ids"].shape[1] for features in featured]
     width = max(lengths) + (-max(lengths) % multiple)
     fill = {"input_ids": pad_token_id, "labels": IGNORE}
@@ -198,6 +210,11 @@ def merge(
     batch = {}
     for key in featured[0]:
         values = [features[key] for features in featured]
+        if packed and key == "attention_mask":
+            continue
+        if packed and key in along_tokens:
+            batch[key] = torch.cat(values, dim=1)
+            continue
         if key in along_tokens:
             values = [
                 torch.nn.functional.pad(
@@ -210,6 +227,9 @@ def merge(
         batch[key] = (
             torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for value in values for v in value]
         )
+    if packed:
+        batch["position_ids"] = torch.cat([torch.arange(length) for length in lengths])[None]
+        batch["use_cache"] = False  # transformers reads packed positions only without a cache (eval makes one)
     return batch
 
 

@@ -64,3 +64,17 @@ def no_input_grads_into(tower, trained_parts: tuple[str, ...] = ()) -> None:
         )
 
     tower.get_input_embeddings = lambda: None if frozen() else embeddings()
+
+
+def set_attention_unchecked(model, name: str) -> None:
+    """Put every config of `model` (the top one, text and vision) on the registered attention function `name`.
+
+    `set_attn_implementation` checks a name holding "flash" by importing the flash-attn package or a Hub
+    kernel (`lazy_import_flash_attention`), neither of which VARLEN uses (torch's own varlen kernel); the
+    name must hold "flash" for transformers to hand it the vision towers' `cu_seqlens`. So the configs'
+    `_attn_implementation_internal`, what `config._attn_implementation` reads, is set directly.
+    """
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            config._attn_implementation_internal = name

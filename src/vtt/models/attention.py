@@ -84,3 +84,111 @@ def enable_right_padded_sdpa(model) -> bool:
     register()
     model.set_attn_implementation({key: NAME} if key else NAME)
     return True
+
+
+# Padding-free rows and the vision towers' windows: one variable-length attention call instead of a padded
+# batch (or a Python loop of small SDPA calls, one per window). "flash" in the name is what transformers
+# keys on (`is_flash_attention_requested`): it then gives the vision towers' `cu_seqlens` to the attention
+# function, leaves packed rows unmasked, and passes their restarting `position_ids` down to it.
+VARLEN = "vtt_flash_varlen"
+
+
+def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
+    """The cumulative row boundaries (int32, first 0, last the length) of one packed row of positions (1, T):
+    a row starts where its position is 0."""
+    positions = position_ids.reshape(-1)
+    starts = torch.nonzero(positions == 0).reshape(-1)
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    return torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
+
+
+def _varlen(query, key, value, cu: torch.Tensor, longest: int, causal: bool, scale: float | None) -> torch.Tensor:
+    """Attention within each row of packed (T, H, D) tensors. GPU: torch's varlen flash kernel; elsewhere (and
+    for the CPU tests) SDPA row by row, the same result."""
+    if query.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        if key.shape[1] != query.shape[1]:  # grouped-query attention: the kernel takes equal head counts
+            repeat = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
+        window = (-1, 0) if causal else (-1, -1)
+        return varlen_attn(query, key, value, cu, cu, longest, longest, scale=scale, window_size=window)
+    rows = []
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[0] != q.shape[0]
+        )
+        rows.append(out.transpose(0, 1))
+    return torch.cat(rows)
+
+
+def _attend_cache(query, key, value, attention_mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """New queries (the last positions) against a cache of keys: causal, padded keys (2-D mask) left out."""
+    length, cached = query.shape[2], key.shape[2]
+    allowed = torch.ones(length, cached, dtype=torch.bool, device=query.device).tril(cached - length)[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, -cached:].bool()
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=allowed, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
+    )
+    return out.transpose(1, 2).contiguous()
+
+
+def varlen_attention_forward(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: (batch, heads, length, dim) in, (batch, length, heads, dim) out.
+
+    The rows are `cu_seq_lens_q` when given (a vision tower's windows), else the restarts of `position_ids`
+    in one packed row, else each batch row whole (its padding, under a 2-D `attention_mask`, left out).
+    """
+    if sliding_window is not None or dropout:
+        raise NotImplementedError(f"{VARLEN}: sliding windows and attention dropout are not supported")
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    batch, heads, length, dim = query.shape
+    if key.shape[2] != length:  # generation against a cache: no rows to find, SDPA under the two masks
+        return _attend_cache(query, key, value, attention_mask, scaling), None
+    flat = [t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value)]
+    kept = None
+    if cu_seq_lens_q is not None:
+        cu = cu_seq_lens_q.to(torch.int32)
+    elif attention_mask is None and batch == 1 and position_ids is not None and position_ids.dim() == 2:
+        cu = boundaries(position_ids).to(query.device)
+    else:
+        if attention_mask is None:
+            lengths = torch.full((batch,), length, device=query.device)
+        else:  # flash_attention_mask's (batch, length) padding mask
+            kept = torch.nonzero(attention_mask[:, -length:].reshape(-1).bool()).reshape(-1)
+            flat = [t[kept] for t in flat]
+            lengths = attention_mask[:, -length:].sum(-1)
+        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
+    out = _varlen(*flat, cu, longest, causal, scaling)
+    if kept is not None:
+        out = out.new_zeros(batch * length, heads, dim).index_copy_(0, kept, out)
+    return out.reshape(batch, length, heads, dim), None
+
+
+def enable_varlen_attention(model) -> None:
+    """Every part of the model (text and vision) on VARLEN: packed rows and windowed towers in one call each."""
+    from transformers.masking_utils import flash_attention_mask
+
+    from vtt.models._compat import set_attention_unchecked
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN, flash_attention_mask)
+    set_attention_unchecked(model, VARLEN)

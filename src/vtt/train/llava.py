@@ -18,9 +18,10 @@ from vtt import collective
 from vtt.data.budget import VisualBudget, distribution
 from vtt.data.collate import VisionCollator, sampling_for
 from vtt.data.datasets import llava_dataset
-from vtt.models.attention import enable_right_padded_sdpa
+from vtt.models.attention import enable_right_padded_sdpa, enable_varlen_attention
 from vtt.models.families import family_of, freeze_vision_tower, set_pixel_budget
 from vtt.models.llava import fix_processor
+from vtt.models.packing import enable_packed_positions
 from vtt.train.harness import fit, start
 
 
@@ -35,7 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     family = family_of(model.config, processor)
     fix_processor(processor, model.config)
     set_pixel_budget(processor, video.min_pixels, video.max_pixels)
-    if video.flash_sdpa:
+    # Padding-free batches are vtt's collator's (TRL refuses them for vision rows and custom collators).
+    padding_free, training.padding_free = training.padding_free, False
+    if padding_free:
+        enable_packed_positions(model)
+        enable_varlen_attention(model)
+    elif video.flash_sdpa:
         enable_right_padded_sdpa(model)
     if video.freeze_vision_tower:
         freeze_vision_tower(model, family)
@@ -57,10 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        data_collator=VisionCollator(processor, family, training.pad_to_multiple_of, training.max_length),
+        data_collator=VisionCollator(
+            processor, family, training.pad_to_multiple_of, training.max_length, padding_free=padding_free
+        ),
         callbacks=started.callbacks(
             family=family.name,
             visual_input=family.visual_input,
+            padding_free=padding_free,
             visual_tokens_per_sample={key: visual_tokens[key] for key in ("n", "mean", "max")},
         ),
     )

@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The device call behind bench/RESULTS.md's "Qwen2.5-VL-7B on varied clips, one H200 (2026-12-02)", from the
-# repository root, with .whl/ (the wheels the image lacks: tools/gpu-wheels.sh liger-kernel==0.8.5) and
-# .gpu/vtt-head/src (`git archive HEAD src`: vtt as committed, not the working tree other engineers edit) carried:
-#   OUT=$OUT bash bench/results/2026-12-02-h200-qwen25vl-video.sh          # RUNS="mb4" (default) or "mb8 ..."
-# Calls 1-3 of 2026-12-02 ran this file (RUNS="mb4 mb8", then "mb4 prof4"); the fourth, with 8 minutes of device time
-# left, ran its mb4 step by hand without the seed and with 10 steps (bench/RESULTS.md has the exact line):
-#   python3 bench/train_throughput.py --arch qwen2_5_vl-7b --work /tmp/vtt-bench --config jobs/qwen2_5_vl-7b.yaml \
-#     --out $OUT/results.jsonl --steps 10 \
-#     --variant "bf16-mb4-s10=--deepspeed '' --use_liger_kernel false --per_device_train_batch_size 4"
+# One device call of the Qwen2.5-VL-7B video bench (bench/RESULTS.md), from the repository root, with .whl/ (the
+# wheels the image lacks: tools/gpu-wheels.sh av==18.1.0 [liger-kernel==0.8.5]) and .gpu/vtt-head/src
+# (`git archive HEAD src`: vtt as committed) carried:
+#   OUT=$OUT RUNS="probe mb4" bash bench/qwen25vl_video.sh
+# RUNS: probe (bench/gpu_probe.py: torch's varlen attention, Liger per family), mb4 (the peer's best padded setting,
+# with the seed approach in the same call), mb8, nockpt2, prof4 (VTT_PROFILE_STEPS), packed (padding-free rows).
+# The calls of 2026-12-02 ran this file as bench/results/2026-12-02-h200-qwen25vl-video.sh (at 5c32c44).
 # A dry run on a CPU machine (the peer's tiny Qwen2.5-VL, fp32, no Liger, one worker, no seed):
-#   CPU=1 ARCH=qwen2_5_vl-tiny STEPS=3 OUT=/tmp/dry bash bench/results/2026-12-02-h200-qwen25vl-video.sh
+#   CPU=1 ARCH=qwen2_5_vl-tiny STEPS=3 OUT=/tmp/dry bash bench/qwen25vl_video.sh
 set -uo pipefail
 OUT=${OUT:?set OUT}
 ARCH=${ARCH:-qwen2_5_vl-7b}
@@ -19,11 +17,7 @@ WORK=${WORK:-/tmp/vtt-bench}
 mkdir -p "$OUT"
 # pure bf16 on one GPU: no DeepSpeed, the weights loaded in bf16, torch's fused AdamW keeps its states in bf16
 strategy="--deepspeed ''"
-# jobs/qwen2_5_vl-7b.yaml's use_liger_kernel: true stops the run at trainer.train() with liger-kernel 0.8.5 (the
-# newest) and transformers 5.24.0: liger's qwen2_5_vl module imports LigerQwen2_5_VLCausalLMOutputWithPast, which
-# it defines only when transformers has Qwen2_5_VLCausalLMOutputWithPast (5.24 returns MultimodalCausalLMOutputWithPast).
-# The second call of this session hit it; the figures ran without Liger (LIGER=1 puts it back).
-[ -z "${LIGER:-}" ] && strategy+=" --use_liger_kernel false"
+[ -n "${LIGER:-}" ] && strategy+=" --use_liger_kernel ${LIGER}"   # the run config's choice unless asked
 extra=""
 seed=(--seed-script bench/seed_baseline.py --seed-args "--size 0.5b --batch 8 --workers 12 --gc --steps 18")
 if [ -n "${CPU:-}" ]; then
@@ -64,10 +58,13 @@ SECONDS=0
 for r in $RUNS; do
   case $r in
     # the peer's best padded setting: micro batch 4, one optimizer step per micro batch, checkpointing on
+    probe) $py bench/gpu_probe.py --out "$OUT/probe.jsonl" 2>&1 | grep --line-buffered -v -i warn | tee -a "$OUT/bench.log" ;;
     mb4) bench --steps "$STEPS" "${seed[@]}" --variant "bf16-mb4=$strategy --per_device_train_batch_size 4$extra" ;;
     mb8) [ "$SECONDS" -lt 330 ] && bench --steps 12 --variant "bf16-mb8=$strategy --per_device_train_batch_size 8$extra" ;;
     nockpt2) [ "$SECONDS" -lt 330 ] && bench --steps 16 \
         --variant "bf16-mb2-nockpt=$strategy --per_device_train_batch_size 2 --activation_checkpointing false$extra" ;;
+    packed) [ "$SECONDS" -lt 420 ] && bench --steps "$STEPS" \
+        --variant "bf16-packed=$strategy --per_device_train_batch_size 4 --padding_free true$extra" ;;
     prof4) [ "$SECONDS" -lt 420 ] && VTT_PROFILE_STEPS=6-7 bench --steps 8 \
         --variant "bf16-mb4-profile=$strategy --per_device_train_batch_size 4$extra" ;;
   esac
