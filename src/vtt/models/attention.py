@@ -13,6 +13,10 @@ transformers' own `sdpa_mask` unchanged.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import types
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -103,17 +107,27 @@ def boundaries(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, starts.new_tensor([positions.numel()])]).to(torch.int32)
 
 
+@functools.cache
+def _varlen_kernel():
+    """torch's varlen flash attention (`torch.nn.attention.varlen`, torch >= 2.10) with its parameters, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return types.SimpleNamespace(function=varlen_attn, parameters=inspect.signature(varlen_attn).parameters)
+
+
 def _varlen(query, key, value, cu: torch.Tensor, longest: int, causal: bool, scale: float | None) -> torch.Tensor:
     """Attention within each row of packed (T, H, D) tensors. GPU: torch's varlen flash kernel; elsewhere (and
     for the CPU tests) SDPA row by row, the same result."""
-    if query.is_cuda:
-        from torch.nn.attention.varlen import varlen_attn
-
+    kernel = _varlen_kernel() if query.is_cuda else None
+    if kernel is not None:
         if key.shape[1] != query.shape[1]:  # grouped-query attention: the kernel takes equal head counts
             repeat = query.shape[1] // key.shape[1]
             key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
-        window = (-1, 0) if causal else (-1, -1)
-        return varlen_attn(query, key, value, cu, cu, longest, longest, scale=scale, window_size=window)
+        # torch 2.10/2.11 name causality `is_causal`; later releases take a (left, right) window instead
+        mode = {"is_causal": causal} if "is_causal" in kernel.parameters else {"window_size": (-1, 0 if causal else -1)}
+        return kernel.function(query, key, value, cu, cu, longest, longest, scale=scale, **mode)
     rows = []
     for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
         q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
