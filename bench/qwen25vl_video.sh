@@ -63,7 +63,7 @@ for r in $RUNS; do
     mb8) [ "$SECONDS" -lt 330 ] && bench --steps 12 --variant "bf16-mb8=$strategy --per_device_train_batch_size 8$extra" ;;
     nockpt2) [ "$SECONDS" -lt 330 ] && bench --steps 16 \
         --variant "bf16-mb2-nockpt=$strategy --per_device_train_batch_size 2 --activation_checkpointing false$extra" ;;
-    packed) [ "$SECONDS" -lt 420 ] && bench --steps "$STEPS" \
+    packed) [ "$SECONDS" -lt 450 ] && bench --steps "$STEPS" \
         --variant "bf16-packed=$strategy --per_device_train_batch_size 4 --padding_free true$extra" ;;
     prof4) [ "$SECONDS" -lt 420 ] && VTT_PROFILE_STEPS=6-7 bench --steps 8 \
         --variant "bf16-mb4-profile=$strategy --per_device_train_batch_size 4$extra" ;;

@@ -205,12 +205,16 @@ def _bench_stats():
         return sum((4 * r * c) ** 2 for r in rows for c in cols)
 
     def count(model, inputs):
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        ids = inputs["input_ids"]
         config = getattr(model, "config", None) or model.module.config
-        lengths = mask.sum(dim=1).tolist()
+        if "attention_mask" in inputs:
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        else:  # a padding-free row: its samples start where position_ids restart
+            starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+            lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
         grid = inputs.get("video_grid_thw")
         grid = grid.tolist() if grid is not None else []
-        row = [ids.numel(), int(sum(lengths)), int((ids == config.video_token_id).sum()), len(grid), ids.shape[0],
+        row = [ids.numel(), int(sum(lengths)), int((ids == config.video_token_id).sum()), len(grid), len(lengths),
                int(sum(n * (n + 1) // 2 for n in lengths)), sum(t * h * w for t, h, w in grid),
                sum(t * (h * w) ** 2 for t, h, w in grid), sum(t * window_pairs(h, w) for t, h, w in grid)]
         stats.append(row)

@@ -144,6 +144,13 @@ def test_preflight_keeps_hub_token_out_of_scripts():
         preflight(load_profile("jobs/clusters/ci.yaml"), "jobs/tiny-llava.yaml", 1, overrides=["--hub_token", "hf_x"])
 
 
+def test_preflight_takes_token_counts_for_what_they_are():
+    """A name that holds "token" as part of a word is a count, not a secret: the job keeps it."""
+    overrides = ["--max_visual_tokens", "4096", "--max_tokens_per_batch", "20000"]
+    script = render(preflight(load_profile("jobs/clusters/ci.yaml"), "jobs/tiny-llava.yaml", 1, overrides=overrides))
+    assert "--max_tokens_per_batch 20000" in script and "--max_visual_tokens 4096" in script
+
+
 def test_submit_without_sbatch_on_path_says_so(tmp_path, monkeypatch):
     job = preflight(load_profile("jobs/clusters/ci.yaml"), "jobs/tiny-llava.yaml", 1)
     monkeypatch.setenv("PATH", str(tmp_path))

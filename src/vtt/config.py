@@ -104,6 +104,15 @@ class VideoArguments:
             "(exact: no real token attends to the padding after it; vtt.models.attention)."
         },
     )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Size each micro batch by tokens, not samples: samples are grouped so a group's predicted "
+            "tokens (visual, from the containers, plus text) stay under this, and every rank's micro batch "
+            "carries about as many; per_device_train_batch_size is then the mean group the step counts for "
+            "(vtt.data.batches)."
+        },
+    )
 
 
 @dataclass

@@ -107,6 +107,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "fps": (lambda v, a: v is None or v > 0, "give a positive rate (frames a second), or null to use num_frames"),
     "max_frames": (lambda v, a: v is None or v >= 1, "give 1 or more, or null for no cap"),
     "max_reject_ratio": (lambda v, a: 0 <= v <= 1, "give a share from 0 (reject nothing) to 1"),
+    "max_tokens_per_batch": (lambda v, a: v is None or v >= 1, "give 1 or more tokens, or null to batch by samples"),
     "max_source_length": (lambda v, a: v >= 1, "give 1 or more tokens"),
     "max_target_length": (lambda v, a: v >= 1, "give 1 or more tokens"),
     "per_device_train_batch_size": (lambda v, a: v >= 1, "give 1 or more samples per GPU"),

@@ -25,7 +25,10 @@ from vtt.values import refuse_tokens
 RUNTIMES = ("none", "apptainer", "docker", "pyxis")
 # Names that hold secrets: they are read from the environment at run time, never written into a profile or
 # a rendered script (sbatch passes the submitting shell's environment to the job).
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE)
+# A whole word of a name (HF_TOKEN, --hub_token, WANDB_API_KEY), not a part of one: max_visual_tokens is a count.
+SECRET_NAME = re.compile(
+    r"(?:^|[_-])(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|CREDENTIALS?)(?:$|[_-])", re.IGNORECASE
+)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_DIR = re.compile(r"[A-Za-z0-9_./-]+")
 SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+")

@@ -160,13 +160,16 @@ class VisualBudget:
     max_visual_tokens: int | None = None
     knob: str | None = None  # what the reason tells a user to lower (default: the run config's names)
     pixels: bool | None = None  # whether it suggests a lower max_pixels (default: where the family has one)
+    count_all: bool = False  # probe every clip, not only the first COUNTED_WITHOUT_CAP (token-sized batches)
     counts: list[int] = field(default_factory=list)
+    by_line: dict[int, tuple[int, int]] = field(default_factory=dict)  # manifest line -> (visual tokens, frames)
 
     def check(self, sample: Sample) -> str | None:
         """Why `sample` is over budget, or None (a URL or an unreadable container is left to the decoder).
         Without a cap only the first COUNTED_WITHOUT_CAP clips are probed: enough for the record, and a large
         manifest does not wait for every container to open."""
-        if is_url(sample.video) or (self.max_visual_tokens is None and len(self.counts) >= COUNTED_WITHOUT_CAP):
+        enough = not self.count_all and self.max_visual_tokens is None and len(self.counts) >= COUNTED_WITHOUT_CAP
+        if is_url(sample.video) or enough:
             return None
         try:
             info = probe(sample.video)
@@ -174,6 +177,7 @@ class VisualBudget:
         except VideoError:
             return None  # the decoder reports it, with its cause, when the row is read
         self.counts.append(tokens)
+        self.by_line[sample.line] = (tokens, clip_frames(info, self.sampling, self.family))
         if self.max_visual_tokens is None or tokens <= self.max_visual_tokens:
             return None
         fit = frames_that_fit(info, self.sampling, self.processor, self.family, self.max_visual_tokens)

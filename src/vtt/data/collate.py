@@ -32,6 +32,7 @@ IGNORE = -100  # the label of a position the loss skips
 # still runs the vision tower: under ZeRO-3 a rank that skipped it would wait forever at the others'
 # parameter gathers. Its row carries no label: it adds nothing to the loss.
 STAND_IN_FRAMES = 2
+GROUP = "group_rows"  # the key of a token-sized group's rows (vtt.data.batches)
 
 
 def sampling_for(processor, family: Family, settings: dict[str, Any]) -> Sampling:
@@ -159,6 +160,8 @@ class VisionCollator:
         return closed if not eos or eos in closed else closed + eos
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if rows and GROUP in rows[0]:  # token-sized groups (vtt.data.batches): each item holds its rows
+            rows = [row for item in rows for row in item[GROUP]]
         featured = []
         for row in rows:
             features = self.row(row)

@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtt import collective
+from vtt.data.batches import by_tokens
 from vtt.data.budget import VisualBudget, distribution
 from vtt.data.collate import VisionCollator, sampling_for
 from vtt.data.datasets import llava_dataset
@@ -51,8 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     if collective.is_rank0():
         rejects.unlink(missing_ok=True)  # this run's rejects only
     fixed = family.fixed_frames
-    budget = VisualBudget(processor, family, sampling, video.max_visual_tokens)
+    sized = video.max_tokens_per_batch  # micro batches sized by tokens: every clip's count is needed
+    budget = VisualBudget(processor, family, sampling, video.max_visual_tokens, count_all=bool(sized))
     train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio, fixed, budget)
+    groups = None
+    if sized:
+        train, groups = by_tokens(train, budget, processor, family, sized, training.seed)
+        # A micro batch is one group; gradient_accumulation_steps stay what global_batch_size gave.
+        training.per_device_train_batch_size = 1
     evaluation = None
     if run.eval_dataset:
         evaluation = llava_dataset(run.eval_dataset, sampling, rejects, video.max_reject_ratio, fixed)
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             family=family.name,
             visual_input=family.visual_input,
             padding_free=padding_free,
+            token_groups=groups,
             visual_tokens_per_sample={key: visual_tokens[key] for key in ("n", "mean", "max")},
         ),
     )
