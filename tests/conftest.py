@@ -125,5 +125,12 @@ def slurm() -> Iterator[dict[str, str]]:
 
 def pytest_collection_modifyitems(items):
     """tests/test_image.py runs last: its session fixture builds the image (the suite's longest step), which
-    nothing else needs, and a failure elsewhere (with -x) then stops the run before that build."""
+    nothing else needs, and a failure elsewhere (with -x) then stops the run before that build.
+
+    Under `make test` the suite runs in two processes (pytest-xdist, `--dist loadgroup`): every test that
+    uses the one test Slurm (its daemons listen on fixed ports), and the image's tests, which run a job
+    through it, go to one process, in this order; the rest are shared out."""
     items.sort(key=lambda item: item.path.name == "test_image.py")  # stable: every other order is kept
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()) or item.path.name == "test_image.py":
+            item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -187,3 +187,34 @@ def test_a_rank_whose_clips_all_fail_does_not_hang_zero3(tiny, demo_inputs, tmp_
     assert list(out.glob("model*.safetensors")), "the run ended and saved"
     rejected = {json.loads(line)["id"] for line in (out / "rejects.jsonl").read_text().splitlines()}
     assert {f"bad-{i}" for i in range(16)} <= rejected, "rank 1's clip and the 16 tried after it were reported"
+
+
+def test_with_fit_visual_tokens_a_clip_over_the_cap_trains_at_the_frames_that_fit(tiny, tmp_path):
+    """The same clips as above: the two over the cap are kept, sampled over their whole length at the most
+    frames that fit, and their rows hold exactly the visual tokens predicted for those frames."""
+    from vtt.data.budget import VisualBudget
+    from vtt.data.synthetic import write_video
+
+    processor, _, family = loaded(tiny("qwen2_5_vl"))
+    lines = []
+    for i, seconds in enumerate((1, 2, 4, 6)):
+        write_video(tmp_path / f"c{i}.mp4", "red", "left", frames=12 * seconds)
+        lines.append({"video": f"c{i}.mp4", "question": "what moves?", "answer": "a square", "id": f"c{i}"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sampling = sampling_for(processor, family, {"fps": 2.0, "max_frames": 16})
+    counted = VisualBudget(processor, family, sampling)
+    llava_dataset(manifest, sampling, budget=counted)
+    cap = sorted(counted.counts)[1]
+    rejects = tmp_path / "rejects.jsonl"
+    budget = VisualBudget(processor, family, sampling, cap, resample=True)
+    data = llava_dataset(manifest, sampling, rejects, budget=budget)
+    assert len(data) == 4 and not rejects.exists()
+    assert sorted(budget.fitted) == [3, 4]  # manifest lines of c2 and c3
+    collate = VisionCollator(processor, family)
+    for i in range(4):
+        row = data[i]
+        ids = collate.row(row)["input_ids"][0]
+        tokens = int((ids == processor.video_token_id).sum())
+        assert tokens <= cap and tokens == budget.counts[i]
+        assert row["clip"]["times"][-1] > 0.6 * row["clip"]["duration"], "the frames still span the clip"

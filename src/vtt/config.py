@@ -83,6 +83,13 @@ class VideoArguments:
         default=None,
         metadata={"help": "Leave out (and report) a sample whose clip would give more visual tokens than this."},
     )
+    fit_visual_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "With max_visual_tokens: sample a clip over it down to the most frames that fit, spread over "
+            "the whole clip, instead of leaving it out (not for families fed a fixed num_frames)."
+        },
+    )
     video_backend: str = field(
         default="opencv", metadata={"help": "Decoder of the clips.", "choices": ["opencv", "pyav"]}
     )

@@ -161,13 +161,16 @@ class VisualBudget:
     knob: str | None = None  # what the reason tells a user to lower (default: the run config's names)
     pixels: bool | None = None  # whether it suggests a lower max_pixels (default: where the family has one)
     count_all: bool = False  # probe every clip, not only the first COUNTED_WITHOUT_CAP (token-sized batches)
+    resample: bool = False  # a clip over the cap keeps the frames that fit instead of being left out
+    fitted: dict[int, int] = field(default_factory=dict)  # manifest line -> the frames it is resampled to
     counts: list[int] = field(default_factory=list)
     by_line: dict[int, tuple[int, int]] = field(default_factory=dict)  # manifest line -> (visual tokens, frames)
 
     def check(self, sample: Sample) -> str | None:
         """Why `sample` is over budget, or None (a URL or an unreadable container is left to the decoder).
         Without a cap only the first COUNTED_WITHOUT_CAP clips are probed: enough for the record, and a large
-        manifest does not wait for every container to open."""
+        manifest does not wait for every container to open. With `resample`, a clip over the cap is kept at
+        the most frames that fit (`fitted`), unless its family takes a fixed num_frames."""
         enough = not self.count_all and self.max_visual_tokens is None and len(self.counts) >= COUNTED_WITHOUT_CAP
         if is_url(sample.video) or enough:
             return None
@@ -176,14 +179,19 @@ class VisualBudget:
             tokens = tokens_of(info, self.sampling, self.processor, self.family)
         except VideoError:
             return None  # the decoder reports it, with its cause, when the row is read
+        frames = clip_frames(info, self.sampling, self.family)
+        fit = None
+        if self.max_visual_tokens is not None and tokens > self.max_visual_tokens:
+            fit = frames_that_fit(info, self.sampling, self.processor, self.family, self.max_visual_tokens)
+            if self.resample and fit and not self.family.fixed_frames:
+                self.fitted[sample.line] = fit
+                tokens, frames = tokens_of(info, self.sampling, self.processor, self.family, fit), fit
         self.counts.append(tokens)
-        self.by_line[sample.line] = (tokens, clip_frames(info, self.sampling, self.family))
-        if self.max_visual_tokens is None or tokens <= self.max_visual_tokens:
+        self.by_line[sample.line] = (tokens, frames)
+        if fit is None or sample.line in self.fitted:
             return None
-        fit = frames_that_fit(info, self.sampling, self.processor, self.family, self.max_visual_tokens)
         knob = self.knob or ("num_frames" if self.sampling.fps is None else "max_frames or fps")
         pixels = has_pixel_budget(self.processor) if self.pixels is None else self.pixels
-        frames = clip_frames(info, self.sampling, self.family)
         return over_budget_reason(tokens, frames, fit, self.max_visual_tokens, knob, pixels)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,10 @@ class DecodeFrames:
         rejects: Path | None = None,
         samples: list[Sample] | None = None,
         fixed_frames: bool = False,
+        fitted: dict[int, int] | None = None,
     ):
         self.sampling, self.rejects, self.samples = sampling, rejects, samples or []
+        self.fitted = fitted or {}  # manifest line -> the fewer frames its clip is sampled at (fit_visual_tokens)
         # A family that stacks a batch's clips needs num_frames from every clip: a shorter one repeats frames.
         self.fixed_frames = fixed_frames
         self.failed: set[int] = set()  # lines that failed in this process: reported once, never retried
@@ -117,8 +120,13 @@ class DecodeFrames:
     def clip(self, ref: dict[str, Any]) -> Clip | None:
         if ref["line"] in self.failed:
             return None
+        sampling = self.sampling
+        if ref["line"] in self.fitted:  # over max_visual_tokens: the frames that fit, over the whole clip
+            frames = self.fitted[ref["line"]]
+            fewer = {"num_frames": frames} if sampling.fps is None else {"max_frames": frames}
+            sampling = replace(sampling, **fewer)
         try:
-            clip = read_clip(local_video(ref["video"], DOWNLOAD_CACHE), self.sampling)
+            clip = read_clip(local_video(ref["video"], DOWNLOAD_CACHE), sampling)
         except (VideoError, DownloadError) as err:
             self.failed.add(ref["line"])
             report(Reject(ref["line"], ref["video"], str(err), err.cause, ref.get("id", "")), self.rejects)
@@ -178,6 +186,9 @@ def llava_dataset(
     if os.environ.get("RANK", "0") == "0":  # every process reads the manifest; one reports it
         for reject in rejected:
             report(reject, rejects)
+        if budget is not None and budget.fitted:
+            print(f"vtt: {len(budget.fitted)} clips over max_visual_tokens={budget.max_visual_tokens} are sampled "
+                  "at the frames that fit (fit_visual_tokens)", file=sys.stderr)  # fmt: skip
     total = len(kept) + len(rejected)
     if not kept or len(rejected) > max_reject_ratio * total:
         raise ValueError(
@@ -186,7 +197,8 @@ def llava_dataset(
         )
     refs = [json.dumps({"video": s.video, "line": s.line, "id": own_id(s), "index": i}) for i, s in enumerate(kept)]
     rows = [llava_example(s, [ref]) for s, ref in zip(kept, refs, strict=True)]
-    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects, kept, fixed_frames))
+    fitted = budget.fitted if budget is not None else None
+    return Dataset.from_list(rows).with_transform(DecodeFrames(sampling, rejects, kept, fixed_frames, fitted))
 
 
 def seq2seq_dataset(path: str | Path) -> Dataset:

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         rejects.unlink(missing_ok=True)  # this run's rejects only
     fixed = family.fixed_frames
     sized = video.max_tokens_per_batch  # micro batches sized by tokens: every clip's count is needed
-    budget = VisualBudget(processor, family, sampling, video.max_visual_tokens, count_all=bool(sized))
+    budget = VisualBudget(
+        processor, family, sampling, video.max_visual_tokens, count_all=bool(sized), resample=video.fit_visual_tokens
+    )
     train = llava_dataset(run.dataset, sampling, rejects, video.max_reject_ratio, fixed, budget)
     groups = None
     if sized:
