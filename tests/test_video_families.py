@@ -88,13 +88,15 @@ def test_loss_covers_only_the_answer_and_the_clip_goes_in_as_a_video(name, tiny,
     assert torch.isfinite(loss)
 
 
-def test_a_clip_over_max_visual_tokens_is_left_out_at_load_with_the_frames_that_fit(tiny, tmp_path):
+def clips_of_four_lengths(tiny, tmp_path):
+    """Qwen2.5-VL, a manifest of four 12 fps clips of 1-6 s (the longer, the more frames at fps 2), its
+    sampling, and a visual-token cap that the two shorter clips fit and the two longer do not."""
     from vtt.data.budget import VisualBudget
     from vtt.data.synthetic import write_video
 
     processor, _, family = loaded(tiny("qwen2_5_vl"))
     lines = []
-    for i, seconds in enumerate((1, 2, 4, 6)):  # 12 fps clips: the longer, the more frames at fps 2
+    for i, seconds in enumerate((1, 2, 4, 6)):
         write_video(tmp_path / f"c{i}.mp4", "red", "left", frames=12 * seconds)
         lines.append({"video": f"c{i}.mp4", "question": "what moves?", "answer": "a square", "id": f"c{i}"})
     manifest = tmp_path / "manifest.jsonl"
@@ -102,7 +104,13 @@ def test_a_clip_over_max_visual_tokens_is_left_out_at_load_with_the_frames_that_
     sampling = sampling_for(processor, family, {"fps": 2.0, "max_frames": 16})
     counted = VisualBudget(processor, family, sampling)
     llava_dataset(manifest, sampling, budget=counted)
-    cap = sorted(counted.counts)[1]  # two clips fit, the two longer ones do not
+    return processor, family, manifest, sampling, sorted(counted.counts)[1]
+
+
+def test_a_clip_over_max_visual_tokens_is_left_out_at_load_with_the_frames_that_fit(tiny, tmp_path):
+    from vtt.data.budget import VisualBudget
+
+    processor, family, manifest, sampling, cap = clips_of_four_lengths(tiny, tmp_path)
     rejects = tmp_path / "rejects.jsonl"
     data = llava_dataset(manifest, sampling, rejects, budget=VisualBudget(processor, family, sampling, cap))
     over = [json.loads(line) for line in rejects.read_text().splitlines()]
@@ -193,19 +201,8 @@ def test_with_fit_visual_tokens_a_clip_over_the_cap_trains_at_the_frames_that_fi
     """The same clips as above: the two over the cap are kept, sampled over their whole length at the most
     frames that fit, and their rows hold exactly the visual tokens predicted for those frames."""
     from vtt.data.budget import VisualBudget
-    from vtt.data.synthetic import write_video
 
-    processor, _, family = loaded(tiny("qwen2_5_vl"))
-    lines = []
-    for i, seconds in enumerate((1, 2, 4, 6)):
-        write_video(tmp_path / f"c{i}.mp4", "red", "left", frames=12 * seconds)
-        lines.append({"video": f"c{i}.mp4", "question": "what moves?", "answer": "a square", "id": f"c{i}"})
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    sampling = sampling_for(processor, family, {"fps": 2.0, "max_frames": 16})
-    counted = VisualBudget(processor, family, sampling)
-    llava_dataset(manifest, sampling, budget=counted)
-    cap = sorted(counted.counts)[1]
+    processor, family, manifest, sampling, cap = clips_of_four_lengths(tiny, tmp_path)
     rejects = tmp_path / "rejects.jsonl"
     budget = VisualBudget(processor, family, sampling, cap, resample=True)
     data = llava_dataset(manifest, sampling, rejects, budget=budget)
