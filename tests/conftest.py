@@ -123,6 +123,7 @@ def slurm() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     """tests/test_image.py runs last: its session fixture builds the image (the suite's longest step), which
     nothing else needs, and a failure elsewhere (with -x) then stops the run before that build.
