@@ -105,11 +105,11 @@ system: ## install the system packages the tests use (as root; otherwise prints 
 # DeepSpeed compiles its CPU ops (g++, ninja) on first use; a kept folder spares the suite's launches the rebuild.
 test test-fast: export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vtt/torch_extensions
 
-# Two pytest processes (pytest-xdist): most of the suite waits on launches that use one core at a time;
-# tests/conftest.py keeps the Slurm and image tests in one of them. TEST_PROCESSES=0 runs it in this one.
+# Two pytest processes (pytest-xdist), a test file to each at a time: most of the suite waits on launches
+# that keep one core busy (22 min against 34 in one process here). TEST_PROCESSES=0 runs it in this one.
 TEST_PROCESSES ?= 2
 test: system setup lint ## install what is missing (venv, and as root the system packages), run the whole suite
-	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup $(ARGS)
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile $(ARGS)
 
 test-fast: system setup ## the suite without the launches marked slow (a few minutes): for iteration
 	$(VENV)/bin/pytest -m "not slow" $(ARGS)

@@ -123,15 +123,11 @@ def slurm() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     """tests/test_image.py runs last: its session fixture builds the image (the suite's longest step), which
     nothing else needs, and a failure elsewhere (with -x) then stops the run before that build.
 
-    Under `make test` the suite runs in two processes (pytest-xdist, `--dist loadgroup`): every test that
-    uses the one test Slurm (its daemons listen on fixed ports), and the image's tests, which run a job
-    through it, go to one process, in this order; the rest are shared out."""
+    Under `make test` the suite runs in two processes (pytest-xdist, `--dist loadfile`: a file's tests stay
+    in one process, so the image is built once). Each process starts its own test Slurm when it needs one:
+    tests/slurm_cluster.py gives each its own munge, state folder and free ports."""
     items.sort(key=lambda item: item.path.name == "test_image.py")  # stable: every other order is kept
-    for item in items:
-        if "slurm" in getattr(item, "fixturenames", ()) or item.path.name == "test_image.py":
-            item.add_marker(pytest.mark.xdist_group("slurm"))
