@@ -204,3 +204,9 @@ def test_visual_tokens_vtt_check_data_prints_the_distribution_and_names_samples_
     assert "frames fit: sample fewer frames (fps/max_frames) or lower max_pixels" in out
     assert main([*common, "--max_visual_tokens", "1"]) == 2  # every sample over: the run would stop
     assert "is over max_reject_ratio 50.0%: exit 2" in capsys.readouterr().out
+    # max_length counts the whole row (its text and template too): the fewest visual tokens + 1 leaves no room
+    assert main([*common, "--max_length", str(min(counts) + 1)]) == 2
+    out = capsys.readouterr().out
+    assert out.count(f"the rest text) are over max_length={min(counts) + 1}") == 3 and "raise max_length" in out
+    assert main([*common, "--max_length", "100000"]) == 0
+    assert "0 of 3 samples would be left out" in capsys.readouterr().out

@@ -187,20 +187,12 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
 def check_data(config: str | Path | None, manifest: str | Path, overrides: Sequence[str] = ()) -> int:
     """`vtt check --data`: print the manifest's visual-token distribution and each sample over budget;
     2 when the samples left out are over max_reject_ratio, else 0 (see the module docstring)."""
-    from vtt.data.budget import (
-        clip_frames,
-        distribution_line,
-        frames_that_fit,
-        has_pixel_budget,
-        over_budget_reason,
-        probe,
-        tokens_of,
-    )
+    from vtt.data.batches import row_tokens
+    from vtt.data.budget import VisualBudget, distribution_line, has_pixel_budget
     from vtt.data.collate import sampling_for
     from vtt.data.datasets import manifest_entries
     from vtt.data.download import is_url
     from vtt.data.prepare import load_processor, model_config
-    from vtt.data.video import VideoError
     from vtt.models.families import family_of, set_pixel_budget
 
     with quiet():
@@ -212,39 +204,39 @@ def check_data(config: str | Path | None, manifest: str | Path, overrides: Seque
     set_pixel_budget(processor, task.min_pixels, task.max_pixels)
     sampling = sampling_for(processor, family, vars(task))
     samples, rejects = manifest_entries(manifest)
-    budget, max_length = task.max_visual_tokens, args.max_length
-    counts, over, unknown, urls = [], [], [], 0
-    pixels = has_pixel_budget(processor)
+    knob = "num_frames" if sampling.fps is None else "fps/max_frames"
+    # the trainer's own budget (vtt.data.budget), every clip counted
+    budget = VisualBudget(
+        processor, family, sampling, task.max_visual_tokens, knob, count_all=True, resample=task.fit_visual_tokens
+    )
+    over, urls, max_length, kept = [], 0, args.max_length, []
     for sample in samples:
         if is_url(sample.video):
             urls += 1
-            continue
-        try:
-            info = probe(sample.video)
-            tokens = tokens_of(info, sampling, processor, family)
-        except VideoError as err:
-            unknown.append(f"line {sample.line}: {err}")
-            continue
-        counts.append(tokens)
-        knob = "num_frames" if sampling.fps is None else "fps/max_frames"
-        frames = clip_frames(info, sampling, family)
-        if budget and tokens > budget:
-            fit = frames_that_fit(info, sampling, processor, family, budget)
-            over.append(
-                f"line {sample.line}: {sample.video}: {over_budget_reason(tokens, frames, fit, budget, knob, pixels)}"
-            )
-        elif max_length and tokens >= max_length:  # the visual tokens alone leave the text no room
-            fit = frames_that_fit(info, sampling, processor, family, max_length - 1)
-            reason = f"{tokens} visual tokens ({frames} frames) alone reach max_length={max_length}; at most {fit} "
-            reason += f"frames leave the text room: sample fewer frames ({knob})" + " or lower max_pixels" * pixels
+        elif reason := budget.check(sample):
             over.append(f"line {sample.line}: {sample.video}: {reason}")
+        elif sample.line in budget.by_line:
+            kept.append(sample)
+    if max_length:  # the whole row as the collator builds it: a row over max_length is left out there
+        totals = row_tokens(budget, processor, family, [(s.line, s.question, s.answer) for s in kept])
+        fix = f"sample fewer frames ({knob})" + " or lower max_pixels" * has_pixel_budget(processor)
+        for sample, total in zip(kept, totals, strict=True):
+            if total > max_length:
+                visual, frames = budget.by_line[sample.line]
+                over.append(
+                    f"line {sample.line}: {sample.video}: {round(total)} tokens ({visual} visual, {frames} frames, "
+                    f"the rest text) are over max_length={max_length}: {fix}, or raise max_length"
+                )
+    counts, unknown = budget.counts, budget.unreadable
     where = f"{run.model_name_or_path} ({family.name}), {sampling_text(sampling)}"
     print(f"vtt check --data {manifest}: {where}")
-    print(f"  {distribution_line(counts, budget)}" + (f"; max_length={max_length}" if max_length else ""))
+    print(f"  {distribution_line(counts, task.max_visual_tokens)}" + (f"; max_length={max_length}" if max_length else ""))
     for line in over + unknown:
         print(f"  {line}")
     if urls:
         print(f"  {urls} sample(s) by URL not counted: their tokens are known once downloaded (vtt prepare)")
+    if budget.fitted:
+        print(f"  {len(budget.fitted)} sample(s) over max_visual_tokens sampled at the frames that fit")
     total = len(samples) + len(rejects)
     left_out = len(over) + len(unknown) + len(rejects)
     ratio = left_out / total if total else 0.0

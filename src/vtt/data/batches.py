@@ -68,10 +68,9 @@ def grouped(dataset: Any, groups: list[list[int]]) -> Dataset:
     return Dataset.from_dict({"images": [json.dumps(group) for group in groups]}).with_transform(ReadGroup(dataset))
 
 
-def text_tokens(tokenizer, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Each row's question and answer tokens."""
-    texts = [question_of(row["prompt"]) + " " + question_of(row["completion"]) for row in rows]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+def text_tokens(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[int]:
+    """The tokens of each (question, answer) pair."""
+    return [len(ids) for ids in tokenizer([f"{q} {a}" for q, a in pairs], add_special_tokens=False)["input_ids"]]
 
 
 def prompt_overhead(processor, family, sampling) -> tuple[float, float]:
@@ -99,21 +98,34 @@ def closing_text(processor) -> str:
     return text[text.rfind("ANSWER") + len("ANSWER") :]
 
 
+def row_tokens(budget, processor, family, rows: Sequence[tuple[int, str, str]]) -> list[float | None]:
+    """The tokens of each (manifest line, question, answer) row whose clip `budget` counted (None where it
+    did not): its visual tokens, what the processor writes around them, its text."""
+    fixed, per_frame = prompt_overhead(processor, family, budget.sampling)
+    text = text_tokens(getattr(processor, "tokenizer", processor), [(q, a) for _, q, a in rows])
+    counted = [budget.by_line.get(line) for line, _, _ in rows]
+    return [
+        None if clip is None else clip[0] + fixed + per_frame * clip[1] + words
+        for clip, words in zip(counted, text, strict=True)
+    ]
+
+
 def predicted_tokens(train: Dataset, budget, processor, family) -> list[int]:
-    """Each row's tokens before its clip is decoded: its clip's visual tokens (counted by `budget` from the
-    container; the mean of those counted where it could not count, a URL) plus its text and template."""
+    """Each row of `train` (llava_dataset's, read with `budget`) in tokens before its clip is decoded
+    (row_tokens); a clip the container could not count (a URL) is taken at the mean of those counted."""
     first = train.data.column("images")[0]
     if not isinstance(first.as_py()[0], str):
         raise ValueError("max_tokens_per_batch needs a manifest (its clips' containers), not a vtt prepare folder")
     refs = [json.loads(ref[0]) for ref in train.data.column("images").to_pylist()]
-    fixed, per_frame = prompt_overhead(processor, family, budget.sampling)
-    clips = [budget.by_line.get(ref["line"]) for ref in refs]
-    prompts = [None if clip is None else clip[0] + fixed + per_frame * clip[1] for clip in clips]
-    known = [tokens for tokens in prompts if tokens is not None]
-    mean = sum(known) / len(known) if known else fixed
-    rows = train.data.select(["prompt", "completion"]).to_pylist()
-    text = text_tokens(getattr(processor, "tokenizer", processor), rows)
-    return [round(mean if tokens is None else tokens) + words for tokens, words in zip(prompts, text, strict=True)]
+    turns = train.data.select(["prompt", "completion"]).to_pylist()
+    rows = [
+        (ref["line"], question_of(t["prompt"]), question_of(t["completion"]))
+        for ref, t in zip(refs, turns, strict=True)
+    ]
+    tokens = row_tokens(budget, processor, family, rows)
+    known = [count for count in tokens if count is not None]
+    mean = sum(known) / len(known) if known else 0
+    return [round(mean if count is None else count) for count in tokens]
 
 
 def by_tokens(train: Dataset, budget, processor, family, max_tokens: int, seed: int) -> tuple[Dataset, dict]:

@@ -163,6 +163,7 @@ class VisualBudget:
     count_all: bool = False  # probe every clip, not only the first COUNTED_WITHOUT_CAP (token-sized batches)
     resample: bool = False  # a clip over the cap keeps the frames that fit instead of being left out
     fitted: dict[int, int] = field(default_factory=dict)  # manifest line -> the frames it is resampled to
+    unreadable: list[str] = field(default_factory=list)  # "line N: why" of each container that could not say
     counts: list[int] = field(default_factory=list)
     by_line: dict[int, tuple[int, int]] = field(default_factory=dict)  # manifest line -> (visual tokens, frames)
 
@@ -177,7 +178,8 @@ class VisualBudget:
         try:
             info = probe(sample.video)
             tokens = tokens_of(info, self.sampling, self.processor, self.family)
-        except VideoError:
+        except VideoError as err:
+            self.unreadable.append(f"line {sample.line}: {err}")
             return None  # the decoder reports it, with its cause, when the row is read
         frames = clip_frames(info, self.sampling, self.family)
         fit = None
