@@ -230,7 +230,8 @@ def check_data(config: str | Path | None, manifest: str | Path, overrides: Seque
     counts, unknown = budget.counts, budget.unreadable
     where = f"{run.model_name_or_path} ({family.name}), {sampling_text(sampling)}"
     print(f"vtt check --data {manifest}: {where}")
-    print(f"  {distribution_line(counts, task.max_visual_tokens)}" + (f"; max_length={max_length}" if max_length else ""))
+    length = f"; max_length={max_length}" if max_length else ""
+    print(f"  {distribution_line(counts, task.max_visual_tokens)}{length}")
     for line in over + unknown:
         print(f"  {line}")
     if urls:
