@@ -215,3 +215,19 @@ def test_with_fit_visual_tokens_a_clip_over_the_cap_trains_at_the_frames_that_fi
         tokens = int((ids == processor.video_token_id).sum())
         assert tokens <= cap and tokens == budget.counts[i]
         assert row["clip"]["times"][-1] > 0.6 * row["clip"]["duration"], "the frames still span the clip"
+
+
+def test_prepare_gives_a_fixed_frame_family_num_frames_from_every_clip(tiny, demo_inputs, tmp_path):
+    """LLaVA-OneVision stacks a batch's clips, so each needs num_frames: the demo's 24-frame clips asked for
+    32 come out of vtt prepare with 32 (frames repeated evenly), as the trainer's own decoding gives them."""
+    from datasets import load_from_disk
+
+    out = tmp_path / "prepared"
+    model = str(tiny("llava_onevision"))
+    args = ["--manifest", str(demo_inputs["manifest"]), "--out", str(out), "--trainer", "llava", "--frames", "32"]
+    assert vtt(["prepare", *args, "--workers", "1", "--model", model]) == 0
+    data = load_from_disk(str(out))
+    assert len(data) == 8 and all(len(row["images"]) == 32 == len(row["clip"]["times"]) for row in data)
+    processor, _, family = loaded(tiny("llava_onevision"))
+    batch = VisionCollator(processor, family)([data[0], data[1]])  # stacks: equal frame counts
+    assert batch["pixel_values_videos"].shape[:2] == (2, 32)

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from vtt.data.budget import VisualBudget, distribution_line, over_budget_reason
-from vtt.data.collate import VisionCollator
-from vtt.data.datasets import Reject, Sample, llava_example, manifest_entries, own_id, seq2seq_source
+from vtt.data.collate import VisionCollator, sampling_for
+from vtt.data.datasets import Reject, Sample, llava_example, manifest_entries, own_id, repeated_to, seq2seq_source
 from vtt.data.download import DownloadError, DownloadPolicy, fetch, is_url, partial_path, remove_stale_partials
 from vtt.data.manifest import local_videos
-from vtt.data.video import Sampling, VideoError, read_clip
+from vtt.data.video import Clip, Sampling, VideoError, read_clip
 from vtt.exits import Exit
-from vtt.models.families import decode_size, family_of, frame_multiple
+from vtt.models.families import family_of
 from vtt.models.visual_tokens import placeholder_id
 from vtt.outputs import Claim, NoSpace, claim_output, space_checked
 
@@ -150,15 +150,14 @@ def llava_rows(
     """Decode (into the cache) and build the llava rows; returns them and every reject so far."""
     processor = load_processor(args.model) if args.model else None
     family = family_of(model_config(args.model), processor) if processor else None
-    sampling = Sampling(
-        num_frames=args.frames,
-        fps=args.fps,
-        max_frames=args.max_frames,
-        size=args.size or (decode_size(processor, family) if processor else None),
-        backend=args.backend,
-        # Qwen-VL: whole temporal patches, as the trainer samples them
-        multiple=frame_multiple(processor) if processor and family.visual_input == "video" else 1,
-    )
+    settings = dict(num_frames=args.frames, fps=args.fps, max_frames=args.max_frames, video_backend=args.backend)
+    if processor is None:
+        sampling = Sampling(
+            num_frames=args.frames, fps=args.fps, max_frames=args.max_frames, size=args.size, backend=args.backend
+        )
+    else:  # as the trainer samples for this model (its frame size, Qwen-VL's whole temporal patches, ...)
+        sampling = sampling_for(processor, family, settings)
+        sampling = dataclasses.replace(sampling, size=args.size) if args.size else sampling
     budget = getattr(args, "max_visual_tokens", None)
     if budget:
         samples, over = within_budget(samples, sampling, processor, family, budget)
@@ -172,6 +171,9 @@ def llava_rows(
         if sample.line not in frames:
             continue
         pngs, timing = read_decoded(frames[sample.line])
+        if family is not None and family.fixed_frames:  # a family that stacks a batch's clips: num_frames each
+            clip = repeated_to(Clip(pngs, timing["times"], timing["rate"], timing["duration"]), sampling.num_frames)
+            pngs, timing = clip.frames, clip.timing()
         row = dict(llava_example(sample, [{"bytes": png, "path": None} for png in pngs]), clip=timing)
         if processor is not None:
             length, tokens = sequence_length(processor, family, row)
