@@ -16,18 +16,53 @@ from vtt.models.nllb import set_languages
 from vtt.train.harness import fit, start
 
 
+class SummedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy summed over the positions whose label is not -100, in fp32, a chunk of rows at a time.
+
+    NLLB's 256k-token vocabulary makes `logits.float()` a full fp32 copy of the logits, and autograd keeps
+    another for the backward. Here each chunk is upcast, reduced and freed; the backward recomputes its
+    chunk's softmax from the (bf16) logits kept anyway and writes the gradient in their dtype. Exact:
+    equal to `cross_entropy(logits.float(), labels, reduction="sum")` and its gradient.
+    """
+
+    CHUNK = 2048  # rows: a 2048 x 256k fp32 chunk is 2 GB at most
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for first in range(0, logits.shape[0], SummedCrossEntropy.CHUNK):
+            rows = slice(first, first + SummedCrossEntropy.CHUNK)
+            total += torch.nn.functional.cross_entropy(
+                logits[rows].float(), labels[rows], ignore_index=-100, reduction="sum"
+            )
+        ctx.save_for_backward(logits, labels)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        logits, labels = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for first in range(0, logits.shape[0], SummedCrossEntropy.CHUNK):
+            rows = slice(first, first + SummedCrossEntropy.CHUNK)
+            chunk = torch.softmax(logits[rows].float(), dim=-1)
+            kept = labels[rows] != -100
+            chunk[kept, labels[rows][kept]] -= 1.0
+            chunk[~kept] = 0.0
+            grad[rows] = (chunk * grad_total).to(grad.dtype)
+        return grad, None
+
+
 def token_sum_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy summed over the batch's target tokens, divided by the tokens of the whole step.
 
     M2M100 averages its loss per process, while the Trainer (average_tokens_across_devices) scales the
     loss by the process count as if it were divided by the global token count: under 2 processes the
     loss and gradient came out doubled. Dividing the sum by the global count here makes N processes
-    give exactly the 1-process loss and gradient.
+    give exactly the 1-process loss and gradient. The sum runs in fp32 without an fp32 copy of the
+    logits (SummedCrossEntropy).
     """
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-    total = torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100, reduction="sum"
-    )
+    total = SummedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten().to(logits.device))
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     return total / count
 
