@@ -109,12 +109,22 @@ def test_prepare_seq2seq_writes_source_target_without_decoding(mixed_manifest, t
 
 
 @pytest.mark.slow
-def test_llava_trains_from_a_prepared_folder(demo_inputs, tmp_path):
+def test_llava_trains_from_a_prepared_folder(demo_inputs, tmp_path, capsys):
     assert prepare(demo_inputs["manifest"], tmp_path / "prepared", "--trainer", "llava", "--frames", "3") == 0
     run = tmp_path / "run"
     overrides = ["--model_name_or_path", str(demo_inputs["llava"]), "--dataset", str(tmp_path / "prepared")]
     train("jobs/tiny-llava.yaml", 1, [*overrides, "--output_dir", str(run), "--max_steps", "2"])
     assert len(logged_losses(run)) == 2
+    # token-sized batches read the clips' containers, which a prepared folder has not: said before queueing
+    from vtt.cli import main
+
+    capsys.readouterr()
+    assert (
+        main(["check", "--config", "jobs/tiny-llava.yaml", "--gpus", "1", *overrides, "--max_tokens_per_batch", "900"])
+        == 1
+    )
+    out = capsys.readouterr().out
+    assert "max_tokens_per_batch" in out and "is a vtt prepare folder" in out
 
 
 @pytest.mark.slow

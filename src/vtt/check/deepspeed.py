@@ -145,7 +145,7 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     path = shipped(chosen)
     written = read_deepspeed(path)
     report = CheckReport(deepspeed=str(chosen), world=world)
-    report.errors += problems + _dataloader_problems(args, config)
+    report.errors += problems + _dataloader_problems(args, config) + _token_batch_problems(run, task, config)
     vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
     try:
         counts, model_config, why = (
@@ -296,6 +296,19 @@ def _dataloader_problems(args: Any, config: str | Path | None) -> list[Problem]:
             Problem("dataloader_num_workers", args.dataloader_num_workers, None, fix, "vtt", detail, str(config or ""))
         ]
     return []
+
+
+def _token_batch_problems(run, task, config: str | Path | None) -> list[Problem]:
+    """max_tokens_per_batch sizes micro batches from each clip's container: a vtt prepare folder has none, and
+    the trainer would stop at its dataset build, after the queue wait."""
+    from vtt.data.datasets import is_prepared
+
+    sized = getattr(task, "max_tokens_per_batch", None)
+    if not sized or run is None or not is_prepared(run.dataset):
+        return []
+    fix = "train on the manifest (clips decode in the DataLoader workers), or drop max_tokens_per_batch"
+    detail = f"{run.dataset} is a vtt prepare folder: its rows hold frames, not the containers the tokens are read from"
+    return [Problem("max_tokens_per_batch", sized, None, fix, "vtt", detail, str(config or ""))]
 
 
 def _disk_problems(run, args, task, config: str) -> list[Problem]:
