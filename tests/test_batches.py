@@ -53,3 +53,23 @@ def test_tokens_predicted_from_the_containers_match_the_collated_rows(name, tiny
     assert len(predicted) == len(real) == len(budget.by_line)
     for want, got in zip(real, predicted, strict=True):
         assert abs(got - want) <= 2, (name, predicted, real)
+
+
+def test_two_ranks_train_packed_token_sized_groups_of_unequal_sample_counts(tiny, demo_inputs, tmp_path):  # noqa: F811
+    """The shipped Qwen2.5-VL config on its tiny model, 2 processes, each micro batch one packed group of
+    at most 300 predicted tokens: groups of different sample counts on the two ranks train to the end."""
+    import json
+
+    from conftest import FAMILY_CONFIGS, ROOT, logged_losses, train, twin
+
+    out = tmp_path / "run"
+    config = ROOT / "jobs" / FAMILY_CONFIGS["qwen2_5_vl"]
+    overrides = twin(config, demo_inputs, out, steps=3, model=tiny("qwen2_5_vl"))
+    overrides += ["--report_to", "none", "--padding_free", "true", "--max_tokens_per_batch", "300"]
+    overrides += ["--global_batch_size", "4", "--save_strategy", "no"]
+    train(str(config.relative_to(ROOT)), 2, overrides)
+    record = json.loads((out / "vtt-run.json").read_text())
+    groups = record["token_groups"]
+    assert record["padding_free"] and groups["max_tokens_per_batch"] == 300
+    assert groups["tokens_per_group"]["max"] <= 300 and 1 < groups["samples_per_group"] < 8
+    assert len(logged_losses(out)) == 3
