@@ -146,10 +146,11 @@ def test_qwen3_vl_writes_the_frames_real_times_into_the_prompt(tiny, demo_inputs
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VIDEO_FAMILIES)
-def test_every_family_trains_saves_predicts_and_evaluates(name, tiny, demo_inputs, held_out, tmp_path):
+def test_every_family_trains_saves_predicts_evaluates_reports_and_pushes(name, tiny, demo_inputs, held_out, tmp_path):
     """Its shipped run config (jobs/, tiny-llava.yaml for LLaVA-NeXT-Video) as a tiny twin on its tiny model:
     the config's own sampling, pixel budget, DeepSpeed file and save path; a checkpoint, the final model,
-    then predictions and metrics on held-out clips."""
+    predictions and metrics on held-out clips, `vtt report`, and `vtt push` to a stand-in Hub with the
+    family's processor files beside the weights."""
     out = tmp_path / "run"
     config = ROOT / "jobs" / FAMILY_CONFIGS.get(name, "tiny-llava.yaml")
     overrides = twin(config, demo_inputs, out, steps=3, model=tiny(name))
@@ -169,6 +170,19 @@ def test_every_family_trains_saves_predicts_and_evaluates(name, tiny, demo_input
     assert len(predictions) == 3 and all(isinstance(row["prediction"], str) for row in predictions)
     metrics = json.loads((out / "eval_generation.json").read_text())["metrics"]
     assert (metrics["samples"], metrics["failed"]) == (3, 0)
+    assert vtt(["report", str(out)]) == 0 and "<img" in (out / "report.html").read_text()
+    from fake_hub import FakeHub
+    from test_hub import TOKEN, hub_env
+    from test_hub import vtt as vtt_command
+
+    with FakeHub(TOKEN) as hub:
+        pushed = vtt_command(["push", str(out), "--repo-id", f"tiny-{name}"], hub_env(hub, tmp_path))
+    assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
+    uploaded = set(hub.files[f"model:tester/tiny-{name}"])
+    assert {"config.json", "model.safetensors", "README.md"} <= uploaded
+    saved = {path.name for path in out.iterdir() if path.is_file() and path.suffix in (".json", ".jinja", ".txt")}
+    processor_files = {f for f in saved if "processor" in f or "tokenizer" in f or "chat_template" in f}
+    assert processor_files and processor_files <= uploaded, "the processor travels with the model"
 
 
 @pytest.mark.slow
