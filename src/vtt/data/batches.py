@@ -79,12 +79,12 @@ def prompt_overhead(processor, family, sampling) -> tuple[float, float]:
     on the processor itself with two stand-in clips."""
     tokenizer = getattr(processor, "tokenizer", processor)
     side = 64
+    answer = len(tokenizer(closing_text(processor), add_special_tokens=False)["input_ids"])
     counts = []
     for frames in (sampling.multiple * 2, sampling.multiple * 4):
         stand_in = [np.zeros((side, side, 3), dtype=np.uint8)] * frames
         clip = {"times": [k / 2 for k in range(frames)], "rate": 2.0, "duration": frames / 2}
         _, features = prompted(processor, family, "", stand_in, clip)
-        answer = len(tokenizer(closing_text(processor), add_special_tokens=False)["input_ids"])
         counts.append(features["input_ids"].shape[1] + answer - visual_tokens(processor, family, frames, side, side))
     per_frame = (counts[1] - counts[0]) / (sampling.multiple * 2)
     return counts[0] - per_frame * sampling.multiple * 2, per_frame
