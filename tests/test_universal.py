@@ -95,6 +95,21 @@ def elastic(demo_inputs, baseline, tmp_path_factory) -> dict:
     }  # fmt: skip
 
 
+def test_the_tiny_nllb_computes_the_same_training_loss_whatever_the_random_state(demo_inputs):
+    """The losses of runs on different process counts are compared step by step, and their ranks draw different
+    random numbers: nothing random may enter a training step (M2M100's default LayerDrop did, now and then)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(demo_inputs["seq2seq"]).train()
+    tokenizer = AutoTokenizer.from_pretrained(demo_inputs["seq2seq"])
+    batch = tokenizer(["a red square moves left"] * 2, text_target=["it moves"] * 2, return_tensors="pt")
+    losses = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        losses.add(model(**batch).loss.item())
+    assert len(losses) == 1, sorted(losses)
+
+
 def test_run_stopped_on_two_processes_resumes_on_one_from_its_universal_checkpoint(elastic):
     stopped, log = elastic["stopped"], elastic["log"]
     step = step_of(stopped)
