@@ -178,9 +178,8 @@ def build_nllb(out: str | Path, size: str, seed: int = 0, dtype: torch.dtype = t
         eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.eos_token_id,
         scale_embedding=True,
-        # No dropout and no LayerDrop (M2M100's default skips each layer with p=0.05 per step; NLLB-200's own
-        # configs set 0): runs with different process counts draw different random numbers, and must see the
-        # same computation to be compared.
+        # No dropout and no LayerDrop (M2M100Config's default skips each layer with p=0.05 a step): runs on
+        # different process counts draw different random numbers, and must see the same computation to be compared.
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
