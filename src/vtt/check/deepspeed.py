@@ -51,9 +51,12 @@ from vtt.check.memory import (
     MemoryEstimate,
     bucket_warnings,
     estimate_memory,
+    estimate_plain_memory,
+    load_dtype,
     memory_problems,
     model_parameters,
     quantised_zero3_warnings,
+    sixteen_bit_warnings,
 )
 from vtt.check.rules import BATCH_KEYS, Problem, get
 from vtt.check.runtime import TRAINER_OWNED, quiet, runtime_problems, training_arguments
@@ -85,7 +88,7 @@ class CheckReport:
         if self.memory is not None:
             out.append(self.memory.line())
         verdict = "consistent" if self.ok else f"{len(self.errors)} problem(s)"
-        out.append(f"{self.deepspeed} on {self.world} GPU(s): {verdict}")
+        out.append(f"{self.deepspeed or 'no DeepSpeed'} on {self.world} GPU(s): {verdict}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,51 +140,60 @@ def _check(config, world: int, overrides: list[str], deepspeed, gpu_memory_gb, d
     command = run_command(config, overrides)
     from_argv, command = command.given("deepspeed"), command.without("deepspeed")
     run, task, args, named, problems = training_arguments(command, world)
-    chosen = deepspeed or from_argv or named
-    if not chosen:
-        raise ValueError(
-            f"{config}: names no DeepSpeed file: pass --deepspeed FILE" if config else "pass --deepspeed FILE"
-        )
-    path = shipped(chosen)
-    written = read_deepspeed(path)
-    report = CheckReport(deepspeed=str(chosen), world=world)
+    # --deepspeed '' on the command line (or deepspeed: null in the file) is a run without DeepSpeed
+    chosen = next((name for name in (deepspeed, from_argv) if name is not None), named)
+    if not chosen and run is None:
+        raise ValueError("pass --deepspeed FILE, or --config of a run (with or without DeepSpeed)")
+    report = CheckReport(deepspeed=str(chosen or ""), world=world)
     report.errors += problems + _dataloader_problems(args, config) + _token_batch_problems(run, task, config)
-    vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
-    try:
-        counts, model_config, why = (
-            model_parameters(run.model_name_or_path, run.trainer, vision_frozen, task) if run else (None, None, None)
+    counts, model_config, why = _counted(report, run, task, config)
+    if chosen:
+        written = read_deepspeed(shipped(chosen))
+        errors, warnings, filled = runtime_problems(
+            written, args, world, model_config, steps_known=args.max_steps > 0, on_gpu=_on_gpu(command)
         )
-    except AdapterError as err:  # what get_peft_model would raise in the trainer, after the queue wait and the load
-        counts, model_config, why = None, None, f"no adapter for {run.model_name_or_path}: {err}"
-        fix = "name modules this model has in lora_target_modules, or leave it empty (the language model's linears)"
-        report.errors.append(
-            Problem("lora_target_modules", task.lora_target_modules, None, fix, "peft", str(err), str(config))
-        )
-    errors, warnings, filled = runtime_problems(
-        written, args, world, model_config, steps_known=args.max_steps > 0, on_gpu=_on_gpu(command)
-    )
-    if problems:  # no accumulation exists for this layout: batch findings would only repeat that
-        errors = [p for p in errors if p.key not in BATCH_KEYS]
-    report.errors += errors
-    report.warnings += warnings
-    report.config = filled
+        if problems:  # no accumulation exists for this layout: batch findings would only repeat that
+            errors = [p for p in errors if p.key not in BATCH_KEYS]
+        report.errors += errors
+        report.warnings += warnings
+        report.config = filled
     if run is None:
         report.memory = MemoryEstimate(model="", skipped="no run config (--config): no model to size")
     elif counts is None:
-        report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why)
-    else:
+        report.memory = MemoryEstimate(model=run.model_name_or_path, skipped=why, zero=bool(chosen))
+    elif chosen:
         report.memory = estimate_memory(counts, filled or written, args, world)
         report.warnings += bucket_warnings(written, filled or written, counts.trained)
         report.warnings += quantised_zero3_warnings(counts, filled or written, task)
-        report.memory.model = run.model_name_or_path
-        report.memory.gpu_memory_gb = gpu_memory_gb
+    else:  # the Trainer's own optimizer, DDP on several GPUs: the whole model on every GPU, as it loads
+        dtype = load_dtype(model_config)
+        report.memory = estimate_plain_memory(counts, dtype.itemsize, world)
+        report.warnings += sixteen_bit_warnings(counts, dtype, args, str(config))
+    if counts is not None:
+        report.memory.model, report.memory.gpu_memory_gb = run.model_name_or_path, gpu_memory_gb
         report.parameters = parameters_summary(counts)
-    mem_errors, mem_warnings = memory_problems(report.memory)
+    mem_errors, mem_warnings = memory_problems(report.memory, str(config or ""))
     report.errors += mem_errors
     report.warnings += mem_warnings
     if disk and run is not None and counts is not None:
         report.errors += _disk_problems(run, args, task, str(config))
     return report
+
+
+def _counted(report: CheckReport, run, task, config) -> tuple[ParameterCount | None, Any, str | None]:
+    """The model's parameter counts and config (vtt.check.memory.model_parameters), or why there are none; an
+    adapter peft refuses is an error of the report."""
+    if run is None:
+        return None, None, None
+    try:
+        vision_frozen = bool(getattr(task, "freeze_vision_tower", False))
+        return model_parameters(run.model_name_or_path, run.trainer, vision_frozen, task)
+    except AdapterError as err:  # what get_peft_model would raise in the trainer, after the queue wait and the load
+        fix = "name modules this model has in lora_target_modules, or leave it empty (the language model's linears)"
+        report.errors.append(
+            Problem("lora_target_modules", task.lora_target_modules, None, fix, "peft", str(err), str(config))
+        )
+        return None, None, f"no adapter for {run.model_name_or_path}: {err}"
 
 
 def check_data(config: str | Path | None, manifest: str | Path, overrides: Sequence[str] = ()) -> int:
@@ -385,6 +397,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.gpus is None:
         return data_code
     report = check_run(config, args.gpus, args.nodes, extra, args.deepspeed, args.gpu_memory, disk=args.disk)
+    if args.fix and not report.deepspeed:
+        raise ValueError("--fix writes a corrected copy of a DeepSpeed file, and this run names none")
     if args.fix:
         changed = fix_deepspeed(shipped(report.deepspeed), args.fix)
         note = f"wrote {args.fix}: " + (", ".join(changed) + ' set to "auto"' if changed else "nothing to change")

@@ -28,6 +28,22 @@ are bitsandbytes 0.50's numbers (quantize_4bit's blocksize 64, quantize_blockwis
 absmax). Under ZeRO-3 the quantised base is counted whole on every GPU, not partitioned (a warning says
 why: quantised_zero3_warnings). Left out as well: peft's prepare_model_for_kbit_training casts the
 non-quantised parts to fp32 (4 bytes) before DeepSpeed casts them back, a peak at the model's load.
+
+Without DeepSpeed (`deepspeed: null`, `--deepspeed ''`: the Trainer's own AdamW, DDP on several GPUs) nothing is
+cast or partitioned: every GPU holds the whole model as it loaded, in the checkpoint's dtype (transformers 5's
+dtype="auto": w = 2 for a bf16 checkpoint, whatever `bf16` says, which only turns autocast on), and every tensor
+of a trained parameter is in that parameter's dtype:
+
+    params    = w·(P - T) + t                  t: the trained parameters' bytes: w·T for a full fine-tune; with
+                                               an adapter 4 a LoRA/DoRA weight (peft's autocast_adapter_dtype)
+                                               and w a lora_modules_to_save copy
+    grads     = t
+    optimizer = 2·t                            torch's AdamW: exp_avg and exp_avg_sq like their parameter
+    buffers   = t on 2 or more GPUs            DDP's buckets, a copy of every gradient (gradient_as_bucket_view
+                                               is off in accelerate's DDP kwargs)
+
+QLoRA without DeepSpeed: prepare_model_for_kbit_training leaves its fp32 casts in place, so the base's
+non-quantised parts and the modules_to_save copies are 4 bytes a weight beside the quantised Q.
 """
 
 from __future__ import annotations
@@ -51,6 +67,7 @@ class MemoryEstimate:
     adapter: str | None = None  # with use_peft: "LoRA r=16", "LoRA r=16 on a 4-bit base"
     largest_layer: int | None = None  # parameters of the biggest single module (ZeRO-3 gathers it whole)
     stage: int = 0
+    zero: bool = True  # False: no DeepSpeed, each GPU holds the whole model (estimate_plain_memory)
     world: int = 1
     offload_optimizer: str = "none"
     offload_param: str = "none"
@@ -79,8 +96,9 @@ class MemoryEstimate:
         )
         if self.adapter:
             frozen = f" ({self.trained / 1e6:.1f}M trained: {self.adapter})"
+        where = f"ZeRO-{self.stage} on {self.world} GPU(s)" if self.zero else f"no DeepSpeed on {self.world} GPU(s)"
         return (
-            f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, ZeRO-{self.stage} on {self.world} GPU(s)"
+            f"memory: {self.model}: {self.params / 1e9:.2f}B params{frozen}, {where}"
             f"{', ' + offload if offload else ''}: model states {self.total_gb:.1f} GB per GPU{against} "
             f"(params {self.params_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f}"
             f" + buffers {self.buffers_gb:.1f})"
@@ -189,6 +207,64 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
     )
 
 
+def load_dtype(model_config: Any) -> Any:
+    """The torch dtype from_pretrained gives the weights (transformers 5's dtype="auto": the checkpoint's config;
+    float32 where it names none)."""
+    import torch
+
+    for config in (model_config, getattr(model_config, "text_config", None)):
+        dtype = getattr(config, "dtype", None)
+        dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if isinstance(dtype, torch.dtype):
+            return dtype
+    return torch.float32
+
+
+def estimate_plain_memory(counts: ParameterCount, weight: int, world: int) -> MemoryEstimate:
+    """Model-state memory per GPU at the optimizer step of a run without DeepSpeed (the module docstring's
+    formulas): the whole model on every GPU in the dtype it loads in (`weight` bytes a weight)."""
+    params, trained, largest, adapter, _ = counts
+    quantised = adapter is not None and adapter.bits < 16
+    kept = 4 if quantised else weight  # a weight prepare_model_for_kbit_training cast to fp32, or as loaded
+    # an adapter's LoRA/DoRA weights are fp32 (peft's autocast_adapter_dtype), its full copies as kept
+    trained_b = weight * trained if adapter is None else 4 * (trained - adapter.saved) + kept * adapter.saved
+    frozen = params - trained
+    frozen_b = quantised_bytes(adapter) + kept * (frozen - adapter.quantised) if quantised else weight * frozen
+    return MemoryEstimate(
+        model="",
+        params=params,
+        trained=trained,
+        adapter=adapter_label(adapter),
+        largest_layer=largest,
+        zero=False,
+        world=world,
+        params_gb=(frozen_b + trained_b) / 1e9,
+        grads_gb=trained_b / 1e9,
+        optimizer_gb=2 * trained_b / 1e9,
+        buffers_gb=(trained_b if world > 1 else 0) / 1e9,
+    )
+
+
+def sixteen_bit_warnings(counts: ParameterCount, dtype: Any, args: Any, file: str) -> list[Problem]:
+    """A full fine-tune without DeepSpeed of a 16-bit checkpoint updates the 16-bit weights themselves."""
+    import torch
+
+    if counts.adapter is not None or not counts.trained or dtype not in (torch.bfloat16, torch.float16):
+        return []
+    rounds_away = 2 / torch.finfo(dtype).eps  # an update under half a unit in the last place is lost
+    name = str(dtype).removeprefix("torch.")
+    detail = (
+        f"the weights load in {name} (the checkpoint's dtype) and, without DeepSpeed, AdamW updates those "
+        f"{name} weights in place: no fp32 master copy, so a step smaller than 1/{rounds_away:g} of its weight is "
+        f"rounded away (Adam's steps are about the learning rate: {args.learning_rate:g} here)"
+    )
+    fix = (
+        "name a DeepSpeed file (deepspeed/zero2.json keeps fp32 master weights; zero3.json also partitions them), "
+        "or train an adapter (use_peft: its weights are fp32)"
+    )
+    return [Problem("deepspeed", None, None, fix, "vtt", detail, file)]
+
+
 # bitsandbytes 0.50: quantize_4bit's blocks of 64 weights, each with an fp32 absmax; nested
 # (compress_statistics), the absmax itself in 8 bits by quantize_blockwise in blocks of 256, each with an fp32 absmax.
 BNB_BLOCK, BNB_NESTED_BLOCK = 64, 256
@@ -234,13 +310,18 @@ def quantised_zero3_warnings(counts: ParameterCount, filled: dict, task: Any) ->
     return [Problem("zero_optimization.stage", stage, None, fix, "vtt", detail)]
 
 
-def memory_problems(memory: MemoryEstimate) -> tuple[list[Problem], list[Problem]]:
+def memory_problems(memory: MemoryEstimate, file: str = "") -> tuple[list[Problem], list[Problem]]:
+    """Model states over the GPU's memory (an error), or within MEMORY_MARGIN of it (a warning)."""
     if memory.skipped or not memory.gpu_memory_gb:
         return [], []
     total, have = memory.total_gb, memory.gpu_memory_gb
     detail = f"model states alone need {total:.1f} GB per GPU, the GPU has {have:g} GB"
-    fix = "use more GPUs, a higher ZeRO stage, or offload (zero_optimization.offload_optimizer / offload_param)"
-    problem = Problem("zero_optimization.stage", memory.stage, None, fix, "vtt", detail)
+    if memory.zero:
+        fix = "use more GPUs, a higher ZeRO stage, or offload (zero_optimization.offload_optimizer / offload_param)"
+        problem = Problem("zero_optimization.stage", memory.stage, None, fix, "vtt", detail)
+    else:
+        fix = "name a DeepSpeed file (deepspeed/zero3.json partitions the model states over the GPUs), or use_peft"
+        problem = Problem("deepspeed", None, None, fix, "vtt", detail, file)
     if total > have:
         return [problem], []
     if total > (1 - MEMORY_MARGIN) * have:

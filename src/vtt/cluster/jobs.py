@@ -139,12 +139,11 @@ def preflight(
     run, _, training = parse_run_config(["--config", config, *overrides], world=nodes * gpus, use_cpu=True)
     if getattr(training, "hub_token", None):
         raise ValueError(f"{config}: hub_token is set: remove it and export HF_TOKEN in the shell you submit from")
-    if training.deepspeed:  # a run without DeepSpeed has no DeepSpeed file to check
-        report = check_run(config, gpus, nodes, overrides, gpu_memory_gb=profile.gpu_memory_gb)
-        if not report.ok:
-            raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
-        for warning in report.warnings:
-            print(f"vtt check: {warning.line('warning', report.deepspeed)}", file=sys.stderr)
+    report = check_run(config, gpus, nodes, overrides, gpu_memory_gb=profile.gpu_memory_gb)  # with or without DeepSpeed
+    if not report.ok:
+        raise ValueError("vtt check found problems; nothing was written:\n" + "\n".join(report.lines()))
+    for warning in report.warnings:
+        print(f"vtt check: {warning.line('warning', report.deepspeed)}", file=sys.stderr)
     return Job(profile=profile, config=config, gpus=gpus, nodes=nodes, trainer=run.trainer, overrides=overrides)
 
 
