@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_run
+from conftest import ROOT, tiny_run, train
 from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM, Trainer, TrainingArguments
 
 from vtt.check.deepspeed import check_run
+from vtt.check.disk import model_bytes
 from vtt.cli import main as vtt
 from vtt.cluster.jobs import preflight
 from vtt.cluster.profiles import load_profile, profile_path
@@ -145,3 +146,24 @@ def test_vtt_check_prints_the_plain_estimate_and_fix_needs_a_deepspeed_file(demo
     assert vtt([*words, "--fix", str(tmp_path / "fixed.json")]) == 2
     assert "--fix writes a corrected copy of a DeepSpeed file, and this run names none" in capsys.readouterr().err
     assert not (tmp_path / "fixed.json").exists()
+
+
+@pytest.mark.slow
+def test_disk_estimate_of_a_run_without_deepspeed_is_what_its_checkpoint_takes(demo_inputs, tmp_path):
+    """Without DeepSpeed the Trainer saves the weights and AdamW's moments in the dtype the model loaded in: half
+    the bytes of fp32 for a bf16 checkpoint."""
+    from safetensors import safe_open
+
+    bf16 = checkpoint_in(demo_inputs, "seq2seq", torch.bfloat16, tmp_path / "bf16")
+    out = tmp_path / "run"
+    saves = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out)]
+    overrides = [*tiny_run(demo_inputs, "seq2seq"), "--model_name_or_path", str(bf16), *PLAIN, *saves]
+    train(CONFIGS["seq2seq"], 1, overrides)
+    checkpoint = out / "checkpoint-2"
+    took = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    with safe_open(checkpoint / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
+    run, task, training = parse_run_config(["--config", CONFIGS["seq2seq"], *overrides], world=1, use_cpu=True)
+    _, estimated, _, breakdown = model_bytes(run, training, "seq2seq", task)
+    assert abs(estimated - took) / took < 0.10, (estimated, took, breakdown)
+    assert "(4 bytes/param)" in breakdown  # two bf16 moments

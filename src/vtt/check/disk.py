@@ -9,9 +9,10 @@ Exit code 28 (ENOSPC's errno) means "stopped for lack of disk space": the last c
 is intact, and a Slurm requeue loop must not requeue the job (it would fail the same way).
 
 The estimate counts the parameters from the model config on the meta device (no weights loaded):
-a checkpoint holds the weights (2 bytes a parameter under DeepSpeed with bf16/fp16, else 4), under
-ZeRO-1/2 a second copy of them in DeepSpeed's module states, and the optimizer states: 12 bytes a
-parameter under DeepSpeed (fp32 master weights + Adam's two moments), 8 without (Adam's moments).
+a checkpoint holds the weights (2 bytes a parameter under DeepSpeed with bf16/fp16; without DeepSpeed
+as the model loads, in its checkpoint's dtype: 2 for a bf16 one, else 4), under ZeRO-1/2 a second copy of
+them in DeepSpeed's module states, and the optimizer states: 12 bytes a parameter under DeepSpeed (fp32
+master weights + Adam's two moments), without it Adam's two moments in the weights' dtype (8 or 4).
 
 An adapter run (use_peft, `task` given) saves its adapter only, T trainable parameters (vtt.models.size:
 the LoRA matrices and the full copies of lora_modules_to_save): a checkpoint holds adapter_model.safetensors
@@ -64,19 +65,23 @@ def small_files(model_name_or_path: str) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.suffix not in WEIGHT_SUFFIXES)
 
 
-def checkpoint_bytes(params: int, training, extra: int = 0, adapter: int | None = None) -> tuple[int, int, str]:
+def checkpoint_bytes(
+    params: int, training, extra: int = 0, adapter: int | None = None, loaded: int = 4
+) -> tuple[int, int, str]:
     """(checkpoint, final model, breakdown) in bytes for `params` parameters under these arguments.
 
     `extra`: the model's small files (small_files()), saved with every checkpoint and the final model.
     `adapter`: the trainable parameters of an adapter run (use_peft): only they are saved, in the checkpoints
     and in the final model (adapter_model.safetensors).
+    `loaded`: bytes a weight takes as the model loads (loaded_bytes()), what a run without DeepSpeed keeps.
     """
     deepspeed = training.deepspeed
     half = training.bf16 or training.fp16
     saved = params if adapter is None else adapter
     # DeepSpeed casts the whole module to bf16/fp16, the adapter too; without it peft keeps the adapter in fp32
     # (get_peft_model's autocast_adapter_dtype), and the Trainer a full model as loaded.
-    weights = saved * (2 if deepspeed and half else 4)
+    plain = 4 if adapter is not None else loaded
+    weights = saved * (2 if deepspeed and half else 4 if deepspeed else plain)
     stage = 0
     if deepspeed:
         config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
@@ -85,9 +90,10 @@ def checkpoint_bytes(params: int, training, extra: int = 0, adapter: int | None 
     parts = [f"{size(weights)} {what}"]
     total = weights
     if not training.save_only_model:
-        optimizer = saved * (12 if deepspeed else 8)
+        per_param = 12 if deepspeed else 2 * plain  # fp32 master + moments, or torch AdamW's moments as the weights
+        optimizer = saved * per_param
         total += optimizer
-        parts.append(f"{size(optimizer)} optimizer states ({12 if deepspeed else 8} bytes/param)")
+        parts.append(f"{size(optimizer)} optimizer states ({per_param} bytes/param)")
         if deepspeed and stage < 3:
             # mp_rank_00_model_states.pt holds the engine's module_state_dict. For a PeftModel the Trainer asks for
             # the trained parameters only: transformers 5.24.0 trainer.py:3558-3559 (_save_optimizer_and_scheduler)
@@ -126,8 +132,21 @@ def model_bytes(run, training, trainer: str, task=None) -> tuple[int, int, int, 
     counts = parameter_counts(run.model_name_or_path, trainer, task)
     params = counts.total if counts.adapter is None else counts.total - counts.trained  # the base's own
     adapter = counts.trained if counts.adapter is not None else None
-    checkpoint, final, breakdown = checkpoint_bytes(params, training, small_files(run.model_name_or_path), adapter)
+    extra, loaded = small_files(run.model_name_or_path), loaded_bytes(run.model_name_or_path)
+    checkpoint, final, breakdown = checkpoint_bytes(params, training, extra, adapter, loaded)
     return params, checkpoint, final, breakdown
+
+
+def loaded_bytes(model_name_or_path: str) -> int:
+    """Bytes a weight of the model takes as from_pretrained loads it (its config's dtype; 4 where unknown)."""
+    from transformers import AutoConfig
+
+    from vtt.check.memory import load_dtype
+
+    try:
+        return load_dtype(AutoConfig.from_pretrained(model_name_or_path, local_files_only=True)).itemsize
+    except (OSError, ValueError):  # not a folder nor in the cache: parameter_counts said so already
+        return 4
 
 
 def estimate(run, training, trainer: str, task=None) -> list[Need]:
