@@ -190,12 +190,8 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
         optim_b = grads_b = 0.0
     if off_par != "none" and stage >= 3 and not quantised:  # bitsandbytes' weights stay on their GPU
         params_b = 0.0
-    return MemoryEstimate(
-        model="",
-        params=params,
-        trained=trained,
-        adapter=adapter_label(adapter),
-        largest_layer=largest,
+    return _estimate(
+        counts,
         stage=stage,
         world=world,
         offload_optimizer=off_opt,
@@ -204,6 +200,19 @@ def estimate_memory(counts, config: dict, args: Any, world: int) -> MemoryEstima
         grads_gb=grads_b / 1e9,
         optimizer_gb=optim_b / 1e9,
         buffers_gb=buffers_b / 1e9,
+    )
+
+
+def _estimate(counts: ParameterCount, **sizes: Any) -> MemoryEstimate:
+    """A MemoryEstimate of the counted model (its name is set by the caller)."""
+    adapter = adapter_label(counts.adapter)
+    return MemoryEstimate(
+        model="",
+        params=counts.total,
+        trained=counts.trained,
+        adapter=adapter,
+        largest_layer=counts.largest_layer,
+        **sizes,
     )
 
 
@@ -223,19 +232,15 @@ def load_dtype(model_config: Any) -> Any:
 def estimate_plain_memory(counts: ParameterCount, weight: int, world: int) -> MemoryEstimate:
     """Model-state memory per GPU at the optimizer step of a run without DeepSpeed (the module docstring's
     formulas): the whole model on every GPU in the dtype it loads in (`weight` bytes a weight)."""
-    params, trained, largest, adapter, _ = counts
+    params, trained, _, adapter, _ = counts
     quantised = adapter is not None and adapter.bits < 16
     kept = 4 if quantised else weight  # a weight prepare_model_for_kbit_training cast to fp32, or as loaded
     # an adapter's LoRA/DoRA weights are fp32 (peft's autocast_adapter_dtype), its full copies as kept
     trained_b = weight * trained if adapter is None else 4 * (trained - adapter.saved) + kept * adapter.saved
     frozen = params - trained
     frozen_b = quantised_bytes(adapter) + kept * (frozen - adapter.quantised) if quantised else weight * frozen
-    return MemoryEstimate(
-        model="",
-        params=params,
-        trained=trained,
-        adapter=adapter_label(adapter),
-        largest_layer=largest,
+    return _estimate(
+        counts,
         zero=False,
         world=world,
         params_gb=(frozen_b + trained_b) / 1e9,
