@@ -40,6 +40,32 @@ def tiny_run(demo_inputs: dict[str, Path], trainer: str) -> list[str]:
     return ["--model_name_or_path", str(demo_inputs[trainer]), "--dataset", str(demo_inputs["manifest"])]
 
 
+# The tiny run config of each trainer (the demo's models), and the Auto class each trainer loads its model with.
+TINY_CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
+
+
+def loader(trainer: str):
+    """The transformers Auto class the trainer loads its model with (vtt's own table)."""
+    import transformers
+
+    from vtt.models.adapters import AUTO_CLASSES
+
+    return getattr(transformers, AUTO_CLASSES[trainer])
+
+
+def weight_bytes(model) -> int:
+    """The bytes a model's parameters hold, with bitsandbytes' quantisation state (absmax, nested too)."""
+    held = 0
+    for p in model.parameters():
+        held += p.numel() * p.element_size()
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            held += state.absmax.numel() * state.absmax.element_size()
+            if state.nested:
+                held += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    return held
+
+
 SAVE_STEPS = 2  # a twin saves at its second step where the real run saves at its 200th
 # The shipped run config of each video family (trained on the family's tiny model by test_video_families).
 FAMILY_CONFIGS = {

@@ -10,21 +10,17 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, logged_losses, tiny_run, train
+from conftest import ROOT, TINY_CONFIGS, loader, logged_losses, tiny_run, train
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM
 
 from vtt.config import parse_run_config
 from vtt.exits import Exit
 from vtt.files import checkpoint_marker, checkpoints
 from vtt.models import adapters
 
-CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
-LOADERS = {"llava": AutoModelForImageTextToText, "seq2seq": AutoModelForSeq2SeqLM}
-
 
 def task_of(trainer: str, *overrides: str):
-    _, task, _ = parse_run_config(["--config", CONFIGS[trainer], "--use_peft", "true", *overrides], 1, True)
+    _, task, _ = parse_run_config(["--config", TINY_CONFIGS[trainer], "--use_peft", "true", *overrides], 1, True)
     return task
 
 
@@ -36,9 +32,9 @@ def fixed_logits(model, trainer: str) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_default_lora_covers_every_linear_layer_of_the_language_model_and_nothing_else(demo_inputs, trainer):
-    base = LOADERS[trainer].from_pretrained(demo_inputs[trainer])
+    base = loader(trainer).from_pretrained(demo_inputs[trainer])
     prefix, part = adapters.adapted_part(base, trainer)
     wanted = {f"{prefix}.{name}" for name, m in part.named_modules() if isinstance(m, torch.nn.Linear)}
     model = adapters.wrap(base, task_of(trainer), trainer)
@@ -50,7 +46,7 @@ def test_default_lora_covers_every_linear_layer_of_the_language_model_and_nothin
 
 
 def test_named_targets_dora_and_modules_to_save_reach_peft(demo_inputs):
-    base = LOADERS["llava"].from_pretrained(demo_inputs["llava"])
+    base = loader("llava").from_pretrained(demo_inputs["llava"])
     task = task_of(
         "llava",
         "--lora_target_modules",
@@ -68,7 +64,7 @@ def test_named_targets_dora_and_modules_to_save_reach_peft(demo_inputs):
 
 
 def test_an_adapter_saved_empty_or_short_is_reported_key_by_key(demo_inputs, tmp_path):
-    model = adapters.wrap(LOADERS["seq2seq"].from_pretrained(demo_inputs["seq2seq"]), task_of("seq2seq"), "seq2seq")
+    model = adapters.wrap(loader("seq2seq").from_pretrained(demo_inputs["seq2seq"]), task_of("seq2seq"), "seq2seq")
     model.save_pretrained(tmp_path)
     from peft import get_peft_model_state_dict
 
@@ -86,7 +82,7 @@ def test_an_adapter_saved_empty_or_short_is_reported_key_by_key(demo_inputs, tmp
 
 def test_qlora_on_a_machine_without_cuda_stops_before_the_model_loads(demo_inputs, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "vtt.cli", "run", "--config", CONFIGS["seq2seq"], "--gpus", "1"]
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", TINY_CONFIGS["seq2seq"], "--gpus", "1"]
     command += [*tiny_run(demo_inputs, "seq2seq"), "--output_dir", str(out), "--use_peft", "true"]
     done = subprocess.run([*command, "--load_in_4bit", "true"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == Exit.BAD_INPUT, done.stdout[-3000:] + done.stderr[-3000:]
@@ -94,14 +90,14 @@ def test_qlora_on_a_machine_without_cuda_stops_before_the_model_loads(demo_input
     assert "Loading weights" not in done.stderr + done.stdout
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=list(TINY_CONFIGS))
 def zero3(request, demo_inputs, tmp_path_factory):
     """A LoRA run of the trainer under ZeRO-3 on 2 processes, saving every 2 of 4 steps."""
     trainer = request.param
     out = tmp_path_factory.mktemp(f"lora-{trainer}")
     overrides = [*tiny_run(demo_inputs, trainer), "--use_peft", "true", "--deepspeed", "deepspeed/zero3.json"]
     overrides += ["--output_dir", str(out), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
-    done = train(CONFIGS[trainer], 2, overrides)
+    done = train(TINY_CONFIGS[trainer], 2, overrides)
     return trainer, out, done.stdout
 
 
@@ -114,7 +110,7 @@ def test_zero3_on_two_processes_saves_checked_adapters_that_change_the_model(zer
         assert adapters.is_adapter(folder) and not (folder / "model.safetensors").exists()
     saved = load_file(out / adapters.ADAPTER_WEIGHTS)
     assert saved and all(t.numel() > 0 for t in saved.values())
-    base = LOADERS[trainer].from_pretrained(demo_inputs[trainer])
+    base = loader(trainer).from_pretrained(demo_inputs[trainer])
     adapted = adapters.load_trained(out, trainer)
     assert not torch.allclose(fixed_logits(adapted, trainer), fixed_logits(base, trainer), atol=1e-4)
     record = json.loads((out / "vtt-run.json").read_text())
@@ -126,10 +122,10 @@ def test_adapter_run_stopped_by_a_signal_resumes_to_the_end_of_an_uninterrupted_
     overrides = [*tiny_run(demo_inputs, "seq2seq"), "--use_peft", "true", "--lora_dropout", "0", "--max_steps", "12"]
     overrides += ["--save_strategy", "steps", "--save_steps", "20"]  # no scheduled save: only the signal's
     baseline = tmp_path / "baseline"
-    train(CONFIGS["seq2seq"], 1, [*overrides, "--output_dir", str(baseline)])
+    train(TINY_CONFIGS["seq2seq"], 1, [*overrides, "--output_dir", str(baseline)])
 
     out = tmp_path / "stopped"
-    command = [sys.executable, "-m", "vtt.cli", "run", "--config", CONFIGS["seq2seq"], "--gpus", "1"]
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", TINY_CONFIGS["seq2seq"], "--gpus", "1"]
     first = subprocess.Popen(
         [*command, *overrides, "--output_dir", str(out)],
         cwd=ROOT,
@@ -146,7 +142,7 @@ def test_adapter_run_stopped_by_a_signal_resumes_to_the_end_of_an_uninterrupted_
     [stopped] = checkpoints(out)
     assert adapters.is_adapter(stopped) and checkpoint_marker(stopped) is not None
 
-    resumed = train(CONFIGS["seq2seq"], 1, [*overrides, "--output_dir", str(out)]).stdout
+    resumed = train(TINY_CONFIGS["seq2seq"], 1, [*overrides, "--output_dir", str(out)]).stdout
     assert f"vtt resume: resuming from {stopped}" in resumed
     # Equal up to the stop; after the resume within 1%: a Trainer + peft resume differs from an uninterrupted run
     # by ~0.1% from its first step on, with DeepSpeed and without (a full model's resume is exact: test_preempt).

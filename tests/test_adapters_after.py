@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_run
+from conftest import ROOT, TINY_CONFIGS, tiny_run
 from fake_hub import FakeHub
 from test_hub import TOKEN, assert_token_nowhere, digests, hub_env
 
@@ -25,7 +25,6 @@ from vtt.after.report import write_report
 from vtt.models import adapters
 from vtt.outputs import MARKER
 
-CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
 AUTO = {"llava": "AutoModelForImageTextToText", "seq2seq": "AutoModelForSeq2SeqLM"}
 ADAPTER_FILES = {adapters.ADAPTER_CONFIG, adapters.ADAPTER_WEIGHTS}
 FULL_MODEL_FILES = {"config.json", "model.safetensors"}
@@ -49,7 +48,7 @@ def trained(demo_inputs, held_out, tmp_path_factory) -> dict:
     checkpoints and pushes itself to a stand-in Hub, whose files are returned under "pushed"."""
     out = tmp_path_factory.mktemp("adapter-runs")
     runs, pushed = {}, {}
-    for trainer, config in CONFIGS.items():
+    for trainer, config in TINY_CONFIGS.items():
         runs[trainer] = out / trainer
         overrides = [*tiny_run(demo_inputs, trainer), "--use_peft", "true", "--output_dir", str(runs[trainer])]
         overrides += ["--max_steps", "4", "--eval_dataset", str(held_out), "--per_device_eval_batch_size", "3"]
@@ -103,7 +102,7 @@ def fixed_input(trainer: str, merged_folder: Path, demo_inputs) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_merged_model_gives_the_adapter_models_logits_without_peft(runs, merged, demo_inputs, trainer):
     import transformers
     from peft import PeftModel
@@ -194,7 +193,7 @@ def test_a_failed_merge_leaves_the_earlier_merge_whole_and_no_partial_folder(run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_an_adapter_folder_is_known_by_its_trainer(runs, trainer, tmp_path):
     assert trainer_of_model(str(runs[trainer])) == trainer
     bare = tmp_path / "bare"  # an adapter without the run record: its base's config says it
@@ -205,7 +204,7 @@ def test_an_adapter_folder_is_known_by_its_trainer(runs, trainer, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_end_of_training_eval_scores_an_adapter_run(runs, trainer):
     results = json.loads((runs[trainer] / "eval_generation.json").read_text())
     assert results["trainer"] == trainer
@@ -213,7 +212,7 @@ def test_end_of_training_eval_scores_an_adapter_run(runs, trainer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_predict_on_an_adapter_run_and_on_its_merge_give_the_same_rows(runs, merged, held_out, trainer, tmp_path):
     rows = {}
     for name, model in [("adapter", runs[trainer]), ("merged", merged[trainer])]:

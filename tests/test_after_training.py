@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
-from conftest import ROOT, tiny_run, train
+from conftest import ROOT, TINY_CONFIGS, tiny_run, train
 from PIL import Image
 
 from vtt.after.metrics import score
@@ -28,7 +28,6 @@ from vtt.after.report import TRAIN_COLOUR, write_report
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
 SECRET = "hf_thisIsNotARealTokenButMustNeverBeWritten"
 
 
@@ -46,7 +45,7 @@ def runs(demo_inputs, held_out, tmp_path_factory) -> dict[str, Path]:
     folders = {}
     os.environ["HF_TOKEN"] = SECRET
     try:
-        for trainer, config in CONFIGS.items():
+        for trainer, config in TINY_CONFIGS.items():
             folder = out / trainer
             overrides = tiny_run(demo_inputs, trainer)
             overrides += ["--eval_dataset", str(held_out), "--output_dir", str(folder), "--max_steps", "6"]
@@ -64,7 +63,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_trainer_saves_the_run_and_deepspeed_config_it_used(runs, trainer):
     record = json.loads((runs[trainer] / "vtt-run.json").read_text())
     assert record["trainer"] == trainer
@@ -79,7 +78,7 @@ def test_trainer_saves_the_run_and_deepspeed_config_it_used(runs, trainer):
     assert not list(runs[trainer].glob(".*partial*")), "a temporary file was left behind"
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_no_file_of_the_run_holds_the_hf_token(runs, trainer):
     files = [path for path in runs[trainer].rglob("*") if path.is_file()]
     assert len(files) > 5
@@ -87,7 +86,7 @@ def test_no_file_of_the_run_holds_the_hf_token(runs, trainer):
     assert not leaking
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_tensorboard_receives_the_logs(runs, trainer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -110,7 +109,7 @@ def test_llava_trainer_logs_eval_loss_on_eval_steps(runs):
     assert [entry["step"] for entry in history if "eval_loss" in entry] == [3, 6]
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_end_of_training_eval_scores_every_held_out_sample(runs, held_out, trainer):
     results = json.loads((runs[trainer] / "eval_generation.json").read_text())
     rows = read_jsonl(runs[trainer] / "eval_predictions.jsonl")
@@ -123,7 +122,7 @@ def test_end_of_training_eval_scores_every_held_out_sample(runs, held_out, train
     assert results["metrics"] == {**score(predictions, references), "failed": 0}
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_model_folder_config_tells_which_trainer_made_it(runs, trainer):
     assert trainer_of_model(str(runs[trainer])) == trainer
 
@@ -133,7 +132,7 @@ def test_a_folder_without_a_model_is_named(tmp_path):
         trainer_of_model(str(tmp_path))
 
 
-@pytest.mark.parametrize("trainer", list(CONFIGS))
+@pytest.mark.parametrize("trainer", list(TINY_CONFIGS))
 def test_predict_on_a_manifest_writes_one_row_per_video(runs, held_out, trainer, tmp_path):
     out = tmp_path / "predictions.jsonl"
     done = vtt(

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_run
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForSeq2SeqLM
+from conftest import ROOT, TINY_CONFIGS, loader, tiny_run, weight_bytes
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from vtt.check.deepspeed import check_run
 from vtt.check.disk import SCRIPTS_AND_STATES, checkpoint_bytes, estimate, small_files
@@ -22,8 +22,6 @@ from vtt.config import parse_run_config
 from vtt.models import adapters
 from vtt.models.size import count_parameters, human, parameter_counts
 
-CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
-LOADERS = {"llava": AutoModelForImageTextToText, "seq2seq": AutoModelForSeq2SeqLM}
 ZERO2 = str(ROOT / "deepspeed" / "zero2.json")
 
 
@@ -33,7 +31,7 @@ def parsed(config: str | Path, *overrides: str, world: int = 1):
 
 def wrapped(demo_inputs, trainer: str, task):
     """The tiny model as the trainer builds it: loaded, then wrapped by vtt.models.adapters.wrap."""
-    return adapters.wrap(LOADERS[trainer].from_pretrained(demo_inputs[trainer]), task, trainer)
+    return adapters.wrap(loader(trainer).from_pretrained(demo_inputs[trainer]), task, trainer)
 
 
 def sizes(model) -> tuple[int, int, int, int]:
@@ -87,8 +85,8 @@ CASES = [
 
 @pytest.mark.parametrize(("trainer", "options"), CASES)
 def test_counted_adapter_is_the_trainable_part_of_a_really_wrapped_model(demo_inputs, trainer, options):
-    run, task, _ = parsed(CONFIGS[trainer], *tiny_run(demo_inputs, trainer), "--use_peft", "true", *options)
-    base = LOADERS[trainer].from_pretrained(demo_inputs[trainer])
+    run, task, _ = parsed(TINY_CONFIGS[trainer], *tiny_run(demo_inputs, trainer), "--use_peft", "true", *options)
+    base = loader(trainer).from_pretrained(demo_inputs[trainer])
     saves = task.lora_modules_to_save or []
     copied = [m for n, m in base.named_modules() if any(n == s or n.endswith(f".{s}") for s in saves)]
     copies = sum(p.numel() for m in copied for p in m.parameters())
@@ -111,7 +109,7 @@ def test_lora_memory_under_zero3_is_the_formula_on_the_wrapped_model(demo_inputs
     # parsed from the ZeRO-2 tiny config, whose adapter fields are the same: a parsed ZeRO-3 config would have
     # transformers build the reference model under deepspeed.zero.Init
     overrides = [*tiny_run(demo_inputs, "llava"), "--use_peft", "true"]
-    _, task, _ = parsed(CONFIGS["llava"], *overrides)
+    _, task, _ = parsed(TINY_CONFIGS["llava"], *overrides)
     total, trainable, largest, largest_trained = sizes(wrapped(demo_inputs, "llava", task))
     report = check_run(str(ROOT / "jobs" / "llava.yaml"), 2, overrides=overrides)
     memory = report.memory
@@ -190,7 +188,7 @@ def test_qlora_weight_bytes_are_what_bitsandbytes_holds(demo_inputs):
     config = AutoConfig.from_pretrained(demo_inputs["llava"])
     for nested in (False, True):
         _, task, _ = parsed(
-            CONFIGS["llava"],
+            TINY_CONFIGS["llava"],
             *tiny_run(demo_inputs, "llava"),
             "--use_peft",
             "true",
@@ -206,14 +204,7 @@ def test_qlora_weight_bytes_are_what_bitsandbytes_holds(demo_inputs):
         model = AutoModelForImageTextToText.from_pretrained(
             demo_inputs["llava"], quantization_config=quantization, dtype=torch.bfloat16, device_map={"": "cpu"}
         )
-        held = 0
-        for p in model.parameters():
-            held += p.numel() * p.element_size()
-            state = getattr(p, "quant_state", None)
-            if state is not None:
-                held += state.absmax.numel() * state.absmax.element_size()
-                if state.nested:
-                    held += state.state2.absmax.numel() * state.state2.absmax.element_size()
+        held = weight_bytes(model)
         assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) > 0
         base = counts.total - counts.trained  # the model before its adapter
         adapter = counts.adapter
@@ -241,8 +232,8 @@ def test_adapter_run_checkpoints_and_final_model_are_the_adapters_size(tmp_path)
 
 
 def test_vtt_check_prints_what_trains(demo_inputs, capsys):
-    argv = ["check", "--config", CONFIGS["llava"], "--gpus", "2", *tiny_run(demo_inputs, "llava")]
-    _, task, _ = parsed(CONFIGS["llava"], *tiny_run(demo_inputs, "llava"), "--use_peft", "true")
+    argv = ["check", "--config", TINY_CONFIGS["llava"], "--gpus", "2", *tiny_run(demo_inputs, "llava")]
+    _, task, _ = parsed(TINY_CONFIGS["llava"], *tiny_run(demo_inputs, "llava"), "--use_peft", "true")
     model = wrapped(demo_inputs, "llava", task)
     total, trainable, _, _ = sizes(model)
     assert vtt([*argv, "--use_peft", "true"]) == 0
@@ -261,9 +252,11 @@ def test_vtt_check_prints_what_trains(demo_inputs, capsys):
 
 def test_targets_peft_cannot_find_are_an_error_of_the_check(demo_inputs):
     overrides = [*tiny_run(demo_inputs, "llava"), "--use_peft", "true", "--lora_target_modules", "no_such_layer"]
-    report = check_run(CONFIGS["llava"], 1, overrides=overrides)
+    report = check_run(TINY_CONFIGS["llava"], 1, overrides=overrides)
     [error] = report.errors
-    assert error.key == "lora_target_modules" and "no_such_layer" in error.detail and error.file == CONFIGS["llava"]
+    assert (
+        error.key == "lora_target_modules" and "no_such_layer" in error.detail and error.file == TINY_CONFIGS["llava"]
+    )
     assert report.memory.skipped and report.parameters is None
 
 
@@ -272,10 +265,10 @@ def test_adapter_checkpoint_on_disk_is_what_the_estimate_says(demo_inputs, tmp_p
     out = tmp_path / "run"
     overrides = [*tiny_run(demo_inputs, "llava"), "--use_peft", "true", "--output_dir", str(out)]
     overrides += ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"]
-    command = [sys.executable, "-m", "vtt.cli", "run", "--config", CONFIGS["llava"], "--gpus", "1", *overrides]
+    command = [sys.executable, "-m", "vtt.cli", "run", "--config", TINY_CONFIGS["llava"], "--gpus", "1", *overrides]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    run, task, training = parsed(CONFIGS["llava"], *overrides)
+    run, task, training = parsed(TINY_CONFIGS["llava"], *overrides)
     counts = parameter_counts(run.model_name_or_path, "llava", task)
     extra = small_files(run.model_name_or_path)
     checkpoint, final, _ = checkpoint_bytes(counts.total - counts.trained, training, extra, adapter=counts.trained)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_run, train
-from transformers import AutoModelForImageTextToText, AutoModelForSeq2SeqLM, Trainer, TrainingArguments
+from conftest import ROOT, TINY_CONFIGS, loader, tiny_run, train, weight_bytes
+from transformers import Trainer, TrainingArguments
 
 from vtt.check.deepspeed import check_run
 from vtt.check.disk import model_bytes
@@ -21,8 +21,6 @@ from vtt.cluster.profiles import load_profile, profile_path
 from vtt.config import parse_run_config
 from vtt.models import adapters
 
-CONFIGS = {"llava": "jobs/tiny-llava.yaml", "seq2seq": "jobs/tiny-seq2seq.yaml"}
-LOADERS = {"llava": AutoModelForImageTextToText, "seq2seq": AutoModelForSeq2SeqLM}
 PLAIN = ["--deepspeed", ""]
 
 
@@ -31,23 +29,17 @@ def checkpoint_in(demo_inputs, trainer: str, dtype: torch.dtype, folder: Path) -
     source = demo_inputs[trainer]
     if not folder.exists():
         shutil.copytree(source, folder)
-        LOADERS[trainer].from_pretrained(source).to(dtype).save_pretrained(folder)
+        loader(trainer).from_pretrained(source).to(dtype).save_pretrained(folder)
     return folder
 
 
 def held_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """The bytes a model, its gradients and its optimizer's states hold (bitsandbytes' quantisation state too)."""
-    weights = grads = states = 0
-    for p in model.parameters():
-        weights += p.numel() * p.element_size()
-        quant = getattr(p, "quant_state", None)
-        if quant is not None:
-            weights += quant.absmax.numel() * quant.absmax.element_size()
-        if p.grad is not None:
-            grads += p.grad.numel() * p.grad.element_size()
-    for state in optimizer.state.values():
-        states += sum(v.numel() * v.element_size() for k, v in state.items() if k != "step")
-    return {"params": weights, "grads": grads, "optimizer": states}
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    states = sum(
+        v.numel() * v.element_size() for state in optimizer.state.values() for k, v in state.items() if k != "step"
+    )
+    return {"params": weight_bytes(model), "grads": grads, "optimizer": states}
 
 
 CASES = {
@@ -63,21 +55,21 @@ def test_memory_without_deepspeed_is_what_the_trainers_model_grads_and_adamw_hol
     trainer, dtype, options = CASES[case]
     model_dir = checkpoint_in(demo_inputs, trainer, dtype, tmp_path / "model")
     overrides = [*tiny_run(demo_inputs, trainer), "--model_name_or_path", str(model_dir), *PLAIN, *options]
-    report = check_run(ROOT / CONFIGS[trainer], 1, overrides=overrides)
+    report = check_run(ROOT / TINY_CONFIGS[trainer], 1, overrides=overrides)
     memory = report.memory
     assert report.deepspeed == "" and not memory.zero and memory.skipped is None, report.lines()
     assert "no DeepSpeed on 1 GPU(s)" in memory.line() and report.lines()[-1] == "no DeepSpeed on 1 GPU(s): consistent"
 
     # The model as the trainer builds it (QLoRA's 4-bit load on this CPU, as bitsandbytes 0.50 can), one step
     # of the Trainer's own optimizer: a gradient is its parameter's shape and dtype, as autograd allocates it.
-    _, task, _ = parse_run_config(["--config", CONFIGS[trainer], *overrides], world=1, use_cpu=True)
+    _, task, _ = parse_run_config(["--config", TINY_CONFIGS[trainer], *overrides], world=1, use_cpu=True)
     load = {}
     if task.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
         load = {"quantization_config": quantization, "device_map": {"": "cpu"}}
-    model = adapters.wrap(LOADERS[trainer].from_pretrained(model_dir, **load), task, trainer)
+    model = adapters.wrap(loader(trainer).from_pretrained(model_dir, **load), task, trainer)
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], learning_rate=1e-5)
     optimizer = Trainer(model=model, args=args).create_optimizer()
     for p in model.parameters():
@@ -93,11 +85,11 @@ def test_memory_without_deepspeed_is_what_the_trainers_model_grads_and_adamw_hol
 def test_sixteen_bit_full_fine_tune_without_deepspeed_warns_that_small_updates_round_away(demo_inputs, tmp_path):
     bf16 = checkpoint_in(demo_inputs, "seq2seq", torch.bfloat16, tmp_path / "bf16")
     base = [*tiny_run(demo_inputs, "seq2seq"), *PLAIN, "--learning_rate", "1e-5"]
-    report = check_run(ROOT / CONFIGS["seq2seq"], 1, overrides=[*base, "--model_name_or_path", str(bf16)])
+    report = check_run(ROOT / TINY_CONFIGS["seq2seq"], 1, overrides=[*base, "--model_name_or_path", str(bf16)])
     (warning,) = [w for w in report.warnings if w.key == "deepspeed"]
     assert "no fp32 master copy" in warning.detail and "1/256 of its weight" in warning.detail
     assert "1e-05 here" in warning.detail and "deepspeed/zero2.json" in warning.fix and "use_peft" in warning.fix
-    assert warning.file.endswith(CONFIGS["seq2seq"])
+    assert warning.file.endswith(TINY_CONFIGS["seq2seq"])
     # What it warns of: one AdamW step (about the learning rate) on bf16 weights of a typical size leaves them as
     # they were.
     weights = torch.nn.Parameter(torch.full((64,), 0.02, dtype=torch.bfloat16))
@@ -105,23 +97,23 @@ def test_sixteen_bit_full_fine_tune_without_deepspeed_warns_that_small_updates_r
     torch.optim.AdamW([weights], lr=1e-5, weight_decay=0.0).step()
     assert torch.equal(weights.detach(), torch.full((64,), 0.02, dtype=torch.bfloat16))
     # an fp32 checkpoint (autocast under bf16, fp32 weights), an adapter, or DeepSpeed: no warning
-    fp32 = check_run(ROOT / CONFIGS["seq2seq"], 1, overrides=base)
+    fp32 = check_run(ROOT / TINY_CONFIGS["seq2seq"], 1, overrides=base)
     lora = check_run(
-        ROOT / CONFIGS["seq2seq"], 1, overrides=[*base, "--model_name_or_path", str(bf16), "--use_peft", "true"]
+        ROOT / TINY_CONFIGS["seq2seq"], 1, overrides=[*base, "--model_name_or_path", str(bf16), "--use_peft", "true"]
     )
-    zero2 = check_run(ROOT / CONFIGS["seq2seq"], 1, overrides=[*tiny_run(demo_inputs, "seq2seq")])
+    zero2 = check_run(ROOT / TINY_CONFIGS["seq2seq"], 1, overrides=[*tiny_run(demo_inputs, "seq2seq")])
     for other in (fp32, lora, zero2):
         assert not [w for w in other.warnings if w.key == "deepspeed"], other.lines()
 
 
 def test_ddp_buckets_count_a_copy_of_every_gradient_and_a_model_over_the_gpu_is_an_error(demo_inputs):
     overrides = [*tiny_run(demo_inputs, "seq2seq"), *PLAIN]
-    one, two = (check_run(ROOT / CONFIGS["seq2seq"], gpus, overrides=overrides).memory for gpus in (1, 2))
+    one, two = (check_run(ROOT / TINY_CONFIGS["seq2seq"], gpus, overrides=overrides).memory for gpus in (1, 2))
     assert one.buffers_gb == 0 and two.buffers_gb == two.grads_gb > 0
     assert two.params_gb == one.params_gb  # nothing is partitioned: every GPU holds the whole model
-    small = check_run(ROOT / CONFIGS["seq2seq"], 1, overrides=overrides, gpu_memory_gb=one.total_gb / 2)
+    small = check_run(ROOT / TINY_CONFIGS["seq2seq"], 1, overrides=overrides, gpu_memory_gb=one.total_gb / 2)
     (error,) = small.errors
-    assert error.key == "deepspeed" and "zero3.json" in error.fix and error.file.endswith(CONFIGS["seq2seq"])
+    assert error.key == "deepspeed" and "zero3.json" in error.fix and error.file.endswith(TINY_CONFIGS["seq2seq"])
     assert f"error: {error.file}: deepspeed but model states alone need" in small.lines()[0]
 
 
@@ -130,16 +122,16 @@ def test_a_job_without_deepspeed_is_checked_before_it_is_rendered(demo_inputs):
     profile = load_profile(profile_path("local"))
     bad = [*tiny_run(demo_inputs, "seq2seq"), *PLAIN, "--dataloader_persistent_workers", "true"]
     with pytest.raises(ValueError, match="vtt check found problems") as refused:
-        preflight(profile, CONFIGS["seq2seq"], 1, overrides=bad)
+        preflight(profile, TINY_CONFIGS["seq2seq"], 1, overrides=bad)
     assert "dataloader_num_workers=0" in str(refused.value) and "no DeepSpeed on 1 GPU(s): 1 problem(s)" in str(
         refused.value
     )
-    job = preflight(profile, CONFIGS["seq2seq"], 1, overrides=bad[:-2])
+    job = preflight(profile, TINY_CONFIGS["seq2seq"], 1, overrides=bad[:-2])
     assert job.trainer == "seq2seq"
 
 
 def test_vtt_check_prints_the_plain_estimate_and_fix_needs_a_deepspeed_file(demo_inputs, capsys, tmp_path):
-    words = ["check", "--config", CONFIGS["seq2seq"], "--gpus", "2", *tiny_run(demo_inputs, "seq2seq"), *PLAIN]
+    words = ["check", "--config", TINY_CONFIGS["seq2seq"], "--gpus", "2", *tiny_run(demo_inputs, "seq2seq"), *PLAIN]
     assert vtt(words) == 0
     said = capsys.readouterr().out
     assert "no DeepSpeed on 2 GPU(s): model states" in said and "no DeepSpeed on 2 GPU(s): consistent" in said
@@ -158,13 +150,13 @@ def test_disk_estimate_of_a_run_without_deepspeed_is_what_its_checkpoint_takes(d
     out = tmp_path / "run"
     saves = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out)]
     overrides = [*tiny_run(demo_inputs, "seq2seq"), "--model_name_or_path", str(bf16), *PLAIN, *saves]
-    train(CONFIGS["seq2seq"], 1, overrides)
+    train(TINY_CONFIGS["seq2seq"], 1, overrides)
     checkpoint = out / "checkpoint-2"
     took = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
     with safe_open(checkpoint / "model.safetensors", "pt") as weights:
         names = list(weights.keys())  # a safetensors file: no dict to iterate
         assert {weights.get_slice(name).get_dtype() for name in names} == {"BF16"}
-    run, task, training = parse_run_config(["--config", CONFIGS["seq2seq"], *overrides], world=1, use_cpu=True)
+    run, task, training = parse_run_config(["--config", TINY_CONFIGS["seq2seq"], *overrides], world=1, use_cpu=True)
     _, estimated, _, breakdown = model_bytes(run, training, "seq2seq", task)
     assert abs(estimated - took) / took < 0.10, (estimated, took, breakdown)
     assert "(4 bytes/param)" in breakdown  # two bf16 moments
