@@ -81,7 +81,7 @@ def checkpoint_bytes(
     # DeepSpeed casts the whole module to bf16/fp16, the adapter too; without it peft keeps the adapter in fp32
     # (get_peft_model's autocast_adapter_dtype), and the Trainer a full model as loaded.
     plain = 4 if adapter is not None else loaded
-    weights = saved * (2 if deepspeed and half else 4 if deepspeed else plain)
+    weights = saved * ((2 if half else 4) if deepspeed else plain)
     stage = 0
     if deepspeed:
         config = training.hf_deepspeed_config.config if getattr(training, "hf_deepspeed_config", None) else {}
